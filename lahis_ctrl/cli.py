@@ -1,5 +1,8 @@
 """The `lahis` command: one typed function per subcommand (jsonargparse builds the parser from them).
 
+Parameters without defaults are positional (`lahis info MODEL`); keyword-only ones are options
+(`lahis export --model M --mask m.safetensors --out DIR`).
+
 Each command lives in the module of its concern; this file only lists them. Errors meant for users
 (LahisError) print as one line and exit with status 2, without a traceback.
 """

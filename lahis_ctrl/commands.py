@@ -34,7 +34,7 @@ def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
     return None
 
 
-def export(model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,
+def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,
            dtype: str = "auto") -> None:
     """Write a checkpoint with a head mask applied, loadable without lahis_ctrl.
 

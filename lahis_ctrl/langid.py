@@ -156,8 +156,7 @@ def _from_label(label: str) -> tuple[str, str | None] | None:
 _FENCED = re.compile(r"```.*?(```|$)", re.S)
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)\S+|\S+@\S+\.\w+", re.I)
-_NON_LETTERS = re.compile(r"[\W\d_]+")
-_SPACES = re.compile(r"\s+")
+_LETTER = re.compile(r"[^\W\d_]")  # a letter of any script (word characters minus digits and underscore)
 _CODE_CHARS = "{}[]();=<>\\|$#"
 
 
@@ -167,21 +166,26 @@ def clean_text(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> tuple[str, str 
         return "", "empty"
     if not isinstance(text, str):
         raise LahisError(f"language ID needs text, got {type(text).__name__}: {text!r:.80}")
+    # the substring tests skip the regexes for the usual text that has no code or URL
     if "`" in text:
         text = _INLINE_CODE.sub(" ", _FENCED.sub(" ", text))
     if "://" in text or "www." in text or "@" in text:
         text = _URL.sub(" ", text)
-    # fastText classifies one line; it splits words on any whitespace anyway
-    text = _SPACES.sub(" ", text).strip()
+    # fastText classifies one line (a newline would end it); runs of whitespace carry no signal
+    text = " ".join(text.split())
     if not text:
         return "", "empty"
-    letters = len(_NON_LETTERS.sub("", text))
+    letters = 0
+    for _ in _LETTER.finditer(text):  # stops after min_chars letters: usually within the first word
+        letters += 1
+        if letters >= min_chars:
+            break
     if letters == 0:
         return "", "no letters (digits, punctuation or symbols only)"
     if letters < min_chars:
         return "", f"too short ({letters} letters < {min_chars})"
     code_chars = sum(text.count(c) for c in _CODE_CHARS)
-    if code_chars >= 4 and code_chars * 4 >= letters:
+    if code_chars >= 4 and code_chars * 4 >= len(_LETTER.findall(text)):
         return "", "looks like code"
     return text, None
 

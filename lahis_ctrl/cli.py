@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "info": "lahis_ctrl.commands:info",
     "export": "lahis_ctrl.commands:export",
     "demo": "lahis_ctrl.demo:demo",
+    "audit": "lahis_ctrl.audit:audit",
 }
 
 

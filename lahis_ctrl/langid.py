@@ -129,10 +129,11 @@ def split_lang_script(code: str) -> tuple[str, str | None]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _likely_script(lang: str) -> str | None:
+def _likely_script(tag: str) -> str | None:
+    """CLDR's likely script for a tag: 'de' -> Latn, 'zh-TW' -> Hant, 'sr' -> Cyrl."""
     from langcodes import Language
 
-    return Language.get(lang).maximize().script
+    return Language.get(tag).maximize().script
 
 
 @functools.lru_cache(maxsize=8192)
@@ -145,8 +146,8 @@ def _from_label(label: str) -> tuple[str, str | None] | None:
         lang, script = _normalize(raw)
     except LahisError:
         return None
-    if script is None:
-        script = _likely_script(lang)
+    if script is None:  # no script in the label: the usual one for the language (and region, as in zh-tw)
+        script = _likely_script(raw.replace("_", "-"))
     return lang, script
 
 

@@ -199,12 +199,11 @@ class SoftMaskTrainer:
         self.steps = 0
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
-        self.optimizer.zero_grad(set_to_none=False)
         with scale_context(self.model, self.scales, self.spec):
             loss = answer_loss(self.model, batch)
-        loss.backward()
-        with torch.no_grad():
-            self.scales.grad.mul_(self.trainable)  # frozen heads: zero gradient
+        # d(loss)/d(scales) only: model weights never accumulate gradients, even if they require grad
+        (grad,) = torch.autograd.grad(loss, [self.scales])
+        self.scales.grad = grad * self.trainable  # frozen heads: zero gradient
         self.optimizer.step()
         with torch.no_grad():
             # AdamW's decoupled weight decay touches every element; keep the frozen heads exactly at 1

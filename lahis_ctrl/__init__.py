@@ -23,6 +23,8 @@ _EXPORTS = {
     # language ID (off-target audits)
     "get_identifier": "langid", "LanguageIdentifier": "langid", "LangPrediction": "langid",
     "normalize_lang": "langid",
+    # soft head masks on QA (XQuAD) and their evaluation
+    "train_mask": "train_mask", "evaluate_masks": "evaluate", "load_xquad": "xquad", "XQUAD_LANGS": "xquad",
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",

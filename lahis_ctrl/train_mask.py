@@ -424,3 +424,14 @@ def train_mask_command(*, lang: str, scores: Optional[Path] = None, model: str =
           f"(loss per epoch: {', '.join(f'{x:.3f}' for x in mask.extra['epoch_loss'])})")
     print(f"changed heads: {changed or 'none'}")
     print(f"mask: {out}")
+
+
+# `lahis_ctrl.train_mask` names both this module and the function: once the module has been imported
+# (the CLI does), the package attribute is the module. Making the module callable keeps
+# `lahis_ctrl.train_mask(model, tokenizer, lang, scores)` working either way.
+class _CallableModule(__import__("types").ModuleType):
+    def __call__(self, *args, **kwargs) -> HeadMask:
+        return train_mask(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

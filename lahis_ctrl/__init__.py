@@ -25,6 +25,8 @@ _EXPORTS = {
     "normalize_lang": "langid",
     # soft head masks on QA (XQuAD) and their evaluation
     "train_mask": "train_mask", "evaluate_masks": "evaluate", "load_xquad": "xquad", "XQUAD_LANGS": "xquad",
+    # lm-evaluation-harness: the lahis_hf model type and the task folder
+    "LahisHFLM": "lm_eval_models", "tasks_dir": "lm_eval_cli",
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",
@@ -44,3 +46,13 @@ def __getattr__(name: str):
 
 def __dir__():
     return __all__
+
+
+# `import lahis_ctrl` registers the lm-eval model types lahis_hf / lahis_vllm (a stdlib-only import hook that acts
+# when lm_eval's registry is imported; no torch or lm_eval import here). See _lahis_register.py.
+try:
+    import _lahis_register
+
+    _lahis_register.install(force=True)
+except ImportError:  # a source tree without the top-level module: lm-eval registration is then unavailable
+    pass

@@ -103,8 +103,9 @@ def _bool(value, name: str) -> bool | None:
 
 
 def _under_lm_eval_cli() -> bool:
-    # the `lm_eval` console script runs lm_eval.__main__:cli_evaluate; `lahis eval` prints LahisError itself
-    return "lm_eval.__main__" in sys.modules and not os.environ.get("_LAHIS_EVAL_CLI")
+    """True inside the `lm_eval` console script or `python -m lm_eval` (not `lahis eval`, not a library call)."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return "lm_eval.__main__" in sys.modules or getattr(main_spec, "name", None) == "lm_eval.__main__"
 
 
 @register_model("lahis_hf")

@@ -17,7 +17,6 @@ per sample the language of the output (langid):
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -221,8 +220,3 @@ def process_translation(doc: dict, results: list[str]) -> dict[str, Any]:
     hyp = results[0].strip()
     return {"chrf": (doc["reference"], hyp), **off_target(hyp, doc["lang"], doc)}
 
-
-def off_target_rate(values) -> float:
-    """Aggregate per-sample off_target_rate values: mean over the determined ones (NaN = undetermined)."""
-    kept = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
-    return sum(kept) / len(kept) if kept else NAN

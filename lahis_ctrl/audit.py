@@ -190,6 +190,15 @@ class _Reader:
                              f"pass {flag}")
             return False, None
 
+    def missing(self, source: str, rec: dict, candidates: Sequence[str], what: str, flag: str) -> None:
+        """None of the candidate fields is there."""
+        if len(candidates) == 1:
+            self.field(source, rec, candidates[0], what, flag)
+            return
+        keys = ", ".join(list(rec)[:12])
+        self.bad(source, f"no field for the {what}: none of {', '.join(candidates)} is there (top-level fields: "
+                         f"{keys}); pass {flag}")
+
     def text(self, source: str, value: Any, path: str) -> str | None:
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
             value = value[0]  # lm-eval keeps one response per request in a list
@@ -274,9 +283,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
         for source, rec in reader.json_lines(path):
             tpath = next((f for f in text_fields if _has(rec, f)), None)
             if tpath is None:
-                reader.field(source, rec, text_fields[0], "text",
-                             "--text_field" if len(text_fields) == 1 else
-                             f"--text_field (none of {', '.join(text_fields)} is there)")
+                reader.missing(source, rec, text_fields, "text", "--text_field")
                 continue
             text = reader.text(source, _get_path(rec, tpath), tpath)
             if text is None:
@@ -286,9 +293,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
             else:
                 lpath = next((f for f in lang_fields if _has(rec, f) and _get_path(rec, f) is not None), None)
                 if lpath is None:
-                    reader.field(source, rec, lang_fields[0], "expected language",
-                                 "--lang_field or --expected" if len(lang_fields) == 1 else
-                                 f"--lang_field or --expected (none of {', '.join(lang_fields)} is there)")
+                    reader.missing(source, rec, lang_fields, "expected language", "--lang_field or --expected")
                     continue
                 lang = reader.expected_lang(source, _get_path(rec, lpath), f"field '{lpath}'")
                 if lang is None:

@@ -23,10 +23,14 @@ _EXPORTS = {
     # language ID (off-target audits)
     "get_identifier": "langid", "LanguageIdentifier": "langid", "LangPrediction": "langid",
     "normalize_lang": "langid",
-    # soft head masks on QA (XQuAD) and their evaluation
-    "train_mask": "train_mask", "evaluate_masks": "evaluate", "load_xquad": "xquad", "XQUAD_LANGS": "xquad",
+    # LAHIS scores, corpora, head classification, perplexity probes
+    "HeadScores": "scoring", "score_heads": "scoring", "score_languages": "scoring",
+    "load_texts": "corpora", "EMBEDDED_LANGUAGES": "corpora",
+    "classify_heads": "heads", "top_specific_heads": "heads", "ppl_cross": "ppl", "perplexity": "ppl",
     # lm-evaluation-harness: the lahis_hf model type and the task folder
     "LahisHFLM": "lm_eval_models", "tasks_dir": "lm_eval_cli",
+    # soft head masks on QA (XQuAD) and their evaluation
+    "train_mask": "train_mask", "evaluate_masks": "evaluate", "load_xquad": "xquad", "XQUAD_LANGS": "xquad",
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",

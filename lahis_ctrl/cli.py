@@ -18,9 +18,13 @@ COMMANDS: dict[str, str] = {
     "info": "lahis_ctrl.commands:info",
     "export": "lahis_ctrl.commands:export",
     "demo": "lahis_ctrl.demo:demo",
-    "eval": "lahis_ctrl.lm_eval_cli:eval_cmd",
     "train-mask": "lahis_ctrl.train_mask:train_mask_command",
     "evaluate": "lahis_ctrl.evaluate:evaluate",
+    "eval": "lahis_ctrl.lm_eval_cli:eval_cmd",
+    "score": "lahis_ctrl.scoring:score",
+    "heads": "lahis_ctrl.heads:heads",
+    "plot": "lahis_ctrl.plots:plot",
+    "ppl": "lahis_ctrl.ppl:ppl",
     "audit": "lahis_ctrl.audit:audit",
 }
 

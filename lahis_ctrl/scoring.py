@@ -238,16 +238,43 @@ def sequence_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         return F.cross_entropy(logits.float(), labels_c.to(logits.device), reduction="none").to(hidden.device)
 
     pieces = []
-    use_ckpt = torch.is_grad_enabled() and h.requires_grad
+    needs_grad = torch.is_grad_enabled() and h.requires_grad
+    head_frozen = not any(p.requires_grad for p in head.parameters())
     for start in range(0, h.shape[0], chunk):
         args = (h[start:start + chunk], labels[start:start + chunk])
-        if use_ckpt:
+        if needs_grad and head_frozen:
+            pieces.append(_FusedHeadNLL.apply(args[0], args[1], chunk_nll))
+        elif needs_grad:  # the head itself is trained: keep autograd's graph, but recompute logits in backward
             pieces.append(torch.utils.checkpoint.checkpoint(chunk_nll, *args, use_reentrant=False))
         else:
             pieces.append(chunk_nll(*args))
     nll = torch.cat(pieces)  # [n] float32
     sums = torch.zeros(batch, dtype=torch.float32, device=nll.device).index_add(0, rows.to(nll.device), nll)
     return sums / counts.to(nll.device).clamp(min=1), counts.cpu()
+
+
+class _FusedHeadNLL(torch.autograd.Function):
+    """Per-position NLL of one chunk whose backward needs no logits: d nll_i / d h_i is taken in forward.
+
+    nll_i depends on h_i alone, so J = d(sum_i nll_i)/dh [chunk, hidden] holds every position's own
+    gradient, and backward is grad_nll[:, None] * J for any upstream weighting. The [chunk, vocab] logits
+    are freed before the next chunk, and the LM head runs twice (forward, backward to h) instead of three
+    times (forward, recompute, backward) as with checkpointing. Only valid when the head is frozen.
+    """
+
+    @staticmethod
+    def forward(ctx, h, labels, fn):
+        with torch.enable_grad():
+            hc = h.detach().requires_grad_(True)
+            nll = fn(hc, labels)
+            (jac,) = torch.autograd.grad(nll.sum(), hc)
+        ctx.save_for_backward(jac)
+        return nll.detach()
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        (jac,) = ctx.saved_tensors
+        return (grad_nll.to(jac.device)[:, None] * jac.float()).to(jac.dtype), None, None
 
 
 # ====================================================================== tokenisation and checks

@@ -22,7 +22,7 @@ _EXPORTS = {
     "load_model": "loading", "load_tokenizer": "loading", "DEFAULT_MODEL": "loading",
     # language ID (off-target audits)
     "get_identifier": "langid", "LanguageIdentifier": "langid", "LangPrediction": "langid",
-    "normalize_lang": "langid",
+    "normalize_lang": "langid", "run_audit": "audit", "audit_texts": "audit",
     # LAHIS scores, corpora, head classification, perplexity probes
     "HeadScores": "scoring", "score_heads": "scoring", "score_languages": "scoring",
     "load_texts": "corpora", "EMBEDDED_LANGUAGES": "corpora",

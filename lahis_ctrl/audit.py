@@ -254,6 +254,10 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
                 ok, value = reader.field(source, rec, tfield, "text", "--text_field")
                 if not ok:
                     continue
+                if text_field is None and isinstance(value, list) and value and not isinstance(value[0], str):
+                    reader.bad(source, f"task '{task}' generated no text (filtered_resps = {value!r:.60}): only "
+                                       "generate_until tasks can be audited, not loglikelihood ones")
+                    continue
                 text = reader.text(source, value, tfield)
                 if text is None:
                     continue

@@ -133,6 +133,14 @@ def test_lm_eval_samples_folder(lm_eval_samples, tmp_path):
     assert (tmp_path / "rep" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_lm_eval_loglikelihood_samples(tmp_path):
+    rec = {"doc_id": 0, "doc": {}, "target": "0", "arguments": {}, "resps": [[[-1.5, False]]],
+           "filtered_resps": [[-1.5, False]], "filter": "none", "metrics": ["acc"]}
+    path = write_jsonl(tmp_path / "samples_xnli_de_2026-01-01T00-00-00.000001.jsonl", [rec])
+    with pytest.raises(LahisError, match=r"jsonl:1: task 'xnli_de' generated no text .*generate_until"):
+        read_records(path)
+
+
 @pytest.mark.parametrize("task, lang", [
     ("xquad_de", "de"), ("lahis_xquad_zh", "zh"), ("flores_en-de", "de"), ("wmt16-ro-en", "en"),
     ("belebele_deu_Latn", "de"), ("flores_eng_Latn-zho_Hans", "zh"), ("mgsm_direct_es", "es"), ("xnli_hi", "hi"),

@@ -73,7 +73,7 @@ def lm_eval_argv(tasks: str, model: str = "lahis_hf", model_args: Optional[str] 
     return argv
 
 
-def eval_cmd(tasks: str, model: str = "lahis_hf", model_args: Optional[str] = None, mask: Optional[Path] = None,
+def eval_cmd(tasks: Optional[str] = None, model: str = "lahis_hf", model_args: Optional[str] = None, mask: Optional[Path] = None,
              limit: Optional[float] = None, num_fewshot: Optional[int] = None, batch_size: Optional[str] = None,
              device: Optional[str] = None, gen_kwargs: Optional[str] = None, output_path: Optional[Path] = None,
              log_samples: bool = False, data_dir: Optional[Path] = None, metadata: Optional[str] = None,
@@ -105,6 +105,8 @@ def eval_cmd(tasks: str, model: str = "lahis_hf", model_args: Optional[str] = No
         extra: Any other lm_eval run arguments, as one shell-quoted string, e.g. "--apply_chat_template".
         dry_run: Print the lm_eval command instead of running it.
     """
+    if not tasks:
+        raise LahisError("lahis eval needs --tasks, e.g. --tasks xquad_de or --tasks xquad (all 12 languages)")
     argv = lm_eval_argv(tasks, model, model_args, mask, limit, num_fewshot, batch_size, device, gen_kwargs,
                         output_path, log_samples, data_dir, metadata, seed, use_cache, extra)
     if dry_run:

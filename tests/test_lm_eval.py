@@ -1,0 +1,467 @@
+"""lm-eval integration: lahis_hf, registration without imports, the task folder and the off-target metric.
+
+Tiny random models and 5 hand-written XQuAD/NTREX-style items (short contexts keep generation fast);
+the slow tests run Gemma 3 270M on the real XQuAD files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+# one thread: the tiny models gain nothing from more, and the machines' 2 cores are shared
+ENV_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": "1"}
+
+# Five parallel items (same ids in both languages), SQuAD v1.1 layout.
+ITEMS = [
+    ("q1", "Berlin is the capital of Germany. It has about 3.7 million inhabitants.",
+     "What is the capital of Germany?", "Berlin",
+     "Berlin ist die Hauptstadt von Deutschland. Dort leben etwa 3,7 Millionen Menschen.",
+     "Was ist die Hauptstadt von Deutschland?", "Berlin"),
+    ("q2", "The Rhine flows from Switzerland to the North Sea.", "Where does the Rhine end?", "the North Sea",
+     "Der Rhein fließt von der Schweiz bis in die Nordsee.", "Wo endet der Rhein?", "in die Nordsee"),
+    ("q3", "Goethe wrote Faust over almost sixty years.", "Who wrote Faust?", "Goethe",
+     "Goethe schrieb den Faust über fast sechzig Jahre.", "Wer schrieb den Faust?", "Goethe"),
+    ("q4", "The Zugspitze is 2962 metres high.", "How high is the Zugspitze?", "2962 metres",
+     "Die Zugspitze ist 2962 Meter hoch.", "Wie hoch ist die Zugspitze?", "2962 Meter"),
+    ("q5", "Hamburg has the largest port in Germany.", "Which city has the largest port?", "Hamburg",
+     "Hamburg hat den größten Hafen Deutschlands.", "Welche Stadt hat den größten Hafen?", "Hamburg"),
+]
+NTREX = [
+    ("The weather was cold in Berlin today.", "Das Wetter war heute in Berlin kalt."),
+    ("The government announced new taxes.", "Die Regierung kündigte neue Steuern an."),
+    ("Many people visited the museum.", "Viele Menschen besuchten das Museum."),
+    ("The train arrived two hours late.", "Der Zug kam zwei Stunden zu spät an."),
+    ("Scientists found water on the planet.", "Wissenschaftler fanden Wasser auf dem Planeten."),
+]
+
+
+def _squad(items, en: bool) -> dict:
+    paragraphs = []
+    for qid, c_en, q_en, a_en, c_de, q_de, a_de in items:
+        context, question, answer = (c_en, q_en, a_en) if en else (c_de, q_de, a_de)
+        paragraphs.append({"context": context, "qas": [{"id": qid, "question": question, "answers": [
+            {"text": answer, "answer_start": context.find(answer)}]}]})
+    return {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    (d / "xquad").mkdir()
+    (d / "xquad" / "xquad.en.json").write_text(json.dumps(_squad(ITEMS, True)), encoding="utf-8")
+    (d / "xquad" / "xquad.de.json").write_text(json.dumps(_squad(ITEMS, False)), encoding="utf-8")
+    (d / "ntrex128").mkdir()
+    (d / "ntrex128" / "en.txt").write_text("\n".join(e for e, _ in NTREX) + "\n", encoding="utf-8")
+    (d / "ntrex128" / "de.txt").write_text("\n".join(g for _, g in NTREX) + "\n", encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory):
+    from tiny import tiny_model
+
+    from lahis_ctrl.mask import HeadMask
+
+    d = tmp_path_factory.mktemp("masks")
+    model = tiny_model("llama")
+    ones = HeadMask.ones(model).save(d / "ones.safetensors")
+    zero = HeadMask.from_heads(model, [(0, 0), (0, 1), (1, 2), (2, 3)], 0.0).save(d / "zero.safetensors")
+    other = HeadMask.ones(tiny_model("gemma3")).save(d / "gemma3.safetensors")  # 4 layers, another model type
+    return {"ones": ones, "zero": zero, "other": other}
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    from lahis_ctrl.lm_eval_cli import tasks_dir
+
+    # only this package's tasks: indexing lm-eval's ~15k built-in YAMLs would take ~15 s on 2 cores
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
+
+
+def _evaluate(task_manager, tiny_dir, data_dir, monkeypatch, extra: str = "", tasks=("xquad_de",)):
+    import lm_eval
+
+    import lahis_ctrl  # noqa: F401  (the documented way to make lahis_hf known in-process)
+
+    monkeypatch.setenv("LAHIS_DATA_DIR", str(data_dir))
+    return lm_eval.simple_evaluate(
+        model="lahis_hf", model_args=f"pretrained={tiny_dir},dtype=float32,max_length=512{extra}",
+        tasks=list(tasks), limit=5, device="cpu", gen_kwargs="max_gen_toks=6", bootstrap_iters=0,
+        log_samples=True, task_manager=task_manager)
+
+
+def _outputs(result, task="xquad_de") -> list[str]:
+    return [s["resps"][0][0] for s in result["samples"][task]]
+
+
+def _metrics(result, task="xquad_de") -> dict:
+    return {k: v for k, v in result["results"][task].items() if k.endswith(",none") and "_stderr" not in k}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y
+        for x, y in ((a[k], b[k]) for k in a))
+
+
+# ------------------------------------------------------------------------------------------ lahis_hf
+def test_identity_mask_is_exactly_unmasked_and_zeroing_heads_changes_outputs(task_manager, tiny_dir, local_data,
+                                                                            masks, monkeypatch):
+    plain = _evaluate(task_manager, tiny_dir, local_data, monkeypatch)
+    ones = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, f",mask={masks['ones']}")
+    zero_fold = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, f",mask={masks['zero']}")
+    zero_hooks = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, f",mask={masks['zero']},fold=false")
+
+    assert _outputs(ones) == _outputs(plain)
+    assert _same(_metrics(ones), _metrics(plain))
+    assert _outputs(zero_fold) != _outputs(plain)
+    # zeroing is exact both ways (0 * x), so folded weights and hooks generate the same tokens
+    assert _outputs(zero_hooks) == _outputs(zero_fold)
+    info = zero_fold["config"]["lahis_mask"]
+    assert info["mode"] == "fold" and info["changed_heads"] == [[0, 0], [0, 1], [1, 2], [2, 3]]
+    assert zero_hooks["config"]["lahis_mask"]["mode"] == "hooks"
+    assert ones["config"]["lahis_mask"]["mode"] == "identity" and plain["config"]["lahis_mask"] is None
+
+
+def test_heads_scale_matches_the_same_mask_file(task_manager, tiny_dir, local_data, masks, monkeypatch, tmp_path):
+    from tiny import tiny_model
+
+    from lahis_ctrl.mask import HeadMask
+
+    mask = HeadMask.from_heads(tiny_model("llama"), [(0, 1), (2, 3)], 0.0).save(tmp_path / "m.safetensors")
+    by_heads = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, ",heads=0:1+2:3,scale=0")
+    by_file = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, f",mask={mask}")
+    assert _outputs(by_heads) == _outputs(by_file)
+    assert by_heads["config"]["lahis_mask"]["changed_heads"] == [[0, 1], [2, 3]]
+
+
+def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks, monkeypatch):
+    from lahis_ctrl.errors import LahisError, MaskMismatchError
+    from lahis_ctrl.lm_eval_models import LahisHFLM
+
+    with pytest.raises(MaskMismatchError, match="shape mismatch: mask for gemma3"):
+        LahisHFLM(pretrained=str(tiny_dir), mask=str(masks["other"]), device="cpu", dtype="float32")
+    with pytest.raises(LahisError, match="file not found"):
+        LahisHFLM(pretrained=str(tiny_dir), mask="/nonexistent/m.safetensors", device="cpu")
+    with pytest.raises(LahisError, match="outside this llama model"):
+        LahisHFLM(pretrained=str(tiny_dir), heads="7:0", device="cpu")
+    # under the lm_eval console script the same error ends the run with one line, no traceback
+    monkeypatch.setitem(sys.modules, "lm_eval.__main__", sys.modules["lm_eval"])
+    with pytest.raises(SystemExit) as exc:
+        LahisHFLM(pretrained=str(tiny_dir), mask=str(masks["other"]), device="cpu", dtype="float32")
+    assert str(exc.value).startswith("lahis_hf: error: shape mismatch") and "\n" not in str(exc.value)
+
+
+def test_parse_heads(tmp_path):
+    from lahis_ctrl.errors import LahisError
+    from lahis_ctrl.lm_eval_models import parse_heads
+
+    assert parse_heads("3:1+5:2") == [(3, 1), (5, 2)]
+    assert parse_heads("3.1;5.2") == [(3, 1), (5, 2)]
+    assert parse_heads([[0, 1], (2, 3)]) == [(0, 1), (2, 3)]
+    assert parse_heads(None) == []
+    (tmp_path / "l.json").write_text("[[1, 2], [3, 0]]")
+    (tmp_path / "d.json").write_text('{"heads": [[1, 2]]}')
+    (tmp_path / "per_lang.json").write_text('{"de": [[0, 3]], "zh": [[1, 1]]}')
+    assert parse_heads(str(tmp_path / "l.json")) == [(1, 2), (3, 0)]
+    assert parse_heads(str(tmp_path / "d.json")) == [(1, 2)]
+    assert parse_heads(str(tmp_path / "per_lang.json"), heads_lang="zh") == [(1, 1)]
+    with pytest.raises(LahisError, match="heads_lang"):
+        parse_heads(str(tmp_path / "per_lang.json"))
+    with pytest.raises(LahisError, match="layer:head"):
+        parse_heads("3-1")
+    with pytest.raises(LahisError, match="not found"):
+        parse_heads(str(tmp_path / "missing.json"))
+
+
+# ------------------------------------------------------------------------------------------ the lm_eval CLI
+def test_lm_eval_cli_runs_every_task_family_and_writes_every_metric(tiny_dir, local_data, masks, tmp_path):
+    """The issue's command, as a subprocess that imports nothing of ours: registration comes from the .pth."""
+    out = tmp_path / "out"
+    cmd = [str(Path(PY).with_name("lm_eval")), "--model", "lahis_hf",
+           "--model_args", f"pretrained={tiny_dir},mask={masks['zero']},dtype=float32,max_length=512",
+           "--tasks", "xquad_de,xquad_xling_de,ntrex_en_de", "--include_path", str(REPO / "tasks"),
+           "--device", "cpu", "--limit", "5", "--gen_kwargs", "max_gen_toks=6", "--output_path", str(out),
+           "--log_samples"]
+    env = {**os.environ, **ENV_OFFLINE, "LAHIS_DATA_DIR": str(local_data), "DISABLE_MULTIPROC": "1"}
+    env.pop("LAHIS_NO_LM_EVAL_HOOK", None)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    expected = {
+        "xquad_de": {"exact_match", "f1", "contains", "off_target_rate", "undetermined_rate"},
+        "xquad_xling_de": {"exact_match", "f1", "contains", "contains_context_lang", "off_target_rate",
+                           "undetermined_rate"},
+        "ntrex_en_de": {"chrf", "off_target_rate", "undetermined_rate"},
+    }
+    for task, metrics in expected.items():
+        got = results["results"][task]
+        assert {k.split(",")[0] for k in got if k.endswith(",none") and "_stderr" not in k} == metrics, task
+        assert got["sample_len"] == 5
+        for m in metrics:
+            v = got[f"{m},none"]
+            assert v is None or (isinstance(v, float) and (math.isnan(v) or v >= 0)), (task, m, v)
+        samples = [json.loads(line) for line in next(out.rglob(f"samples_{task}_*.jsonl")).open()]
+        assert len(samples) == 5
+        for s in samples:  # per sample: decided -> 0/1 off-target, undecided -> NaN and counted apart
+            assert (s["undetermined_rate"] == 1.0) == (s["off_target_rate"] is None or math.isnan(s["off_target_rate"]))
+    assert results["config"]["lahis_mask"]["mode"] == "fold"
+    assert results["config"]["model"] == "lahis_hf"
+
+
+# ------------------------------------------------------------------------------------------ registration
+_PROBE = """
+import sys
+before = sorted(m for m in ("torch", "lm_eval", "lahis_ctrl", "transformers") if m in sys.modules)
+from lm_eval.api.registry import get_model, model_registry
+known = "lahis_hf" in model_registry
+hf = get_model("hf").__name__
+imported = "lahis_ctrl" in sys.modules
+cls = get_model("lahis_hf").__name__ if known else None
+print(before, known, hf, imported, cls, "lahis_vllm" in model_registry)
+"""
+
+
+def _probe(python: str, opt_out: bool, cwd) -> str:
+    env = {**os.environ, **ENV_OFFLINE}
+    env.pop("LAHIS_NO_LM_EVAL_HOOK", None)
+    if opt_out:
+        env["LAHIS_NO_LM_EVAL_HOOK"] = "1"
+    proc = subprocess.run([python, "-c", _PROBE], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_registration_without_importing_lahis_ctrl(tmp_path):
+    # nothing heavy at start-up; the names appear with lm_eval's registry, lazily (lahis_ctrl not imported
+    # until lahis_hf is looked up); built-in models still resolve
+    assert _probe(PY, False, tmp_path) == "[] True HFLM False LahisHFLM True"
+    assert _probe(PY, True, tmp_path) == "[] False HFLM False None False"
+
+
+def _build(kind: str, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    code = f"from setuptools import build_meta as b; print(b.build_{kind}({str(out)!r}))"
+    proc = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out / proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("kind", ["wheel", "editable"])
+def test_registration_in_regular_and_editable_installs(kind, tmp_path):
+    """Install the package into a fresh venv (lm_eval and torch reachable through a path entry) and probe."""
+    wheel = _build(kind, tmp_path / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lahis_ctrl_lm_eval.pth" in names
+    if kind == "wheel":
+        assert "_lahis_register.py" in names and "lahis_ctrl/tasks/xquad/xquad_de.yaml" in names
+        assert not any("__pycache__" in n for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([PY, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    import lm_eval
+
+    # a plain path entry: makes lm_eval/torch importable without running the dev venv's own .pth files
+    (site / "_deps.pth").write_text(str(Path(lm_eval.__file__).parents[1]) + "\n")
+    subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", str(venv), str(wheel)],
+                   check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    assert _probe(python, False, tmp_path) == "[] True HFLM False LahisHFLM True"
+    assert _probe(python, True, tmp_path) == "[] False HFLM False None False"
+    where = subprocess.run([python, "-c", "import lahis_ctrl.lm_eval_cli as c; print(c.tasks_dir())"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert (Path(where) / "xquad" / "xquad_de.yaml").is_file()
+    if kind == "wheel":
+        assert Path(where).is_relative_to(venv)
+
+
+# ------------------------------------------------------------------------------------------ lahis eval
+def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
+    from lahis_ctrl.cli import main
+    from lahis_ctrl.lm_eval_cli import tasks_dir
+
+    assert main(["eval", "--tasks", "xquad_de", "--model_args", "pretrained=m", "--mask", str(masks["zero"]),
+                 "--data_dir", str(local_data), "--limit", "5", "--dry_run", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("lm_eval run --model lahis_hf --tasks xquad_de --model_args ")
+    assert f"pretrained=m,mask={masks['zero']}" in printed and f"--include_path {tasks_dir()}" in printed
+    assert '"data_dir": "' in printed and "--limit 5" in printed
+    assert main(["eval", "--tasks", "xquad_de", "--mask", "/nonexistent.safetensors"]) == 2
+    assert "lahis: error: mask file not found" in capsys.readouterr().err
+    assert main(["eval", "--model_args", "pretrained=m"]) == 2
+    assert "lahis eval needs --tasks" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ tasks and data
+def test_task_folder_has_every_task_and_group(task_manager):
+    from lahis_ctrl.xquad import XQUAD_LANGS
+
+    names = set(task_manager.all_tasks)
+    others = [lang for lang in XQUAD_LANGS if lang != "en"]
+    for fam, langs in (("xquad", XQUAD_LANGS), ("xquad_lahis", XQUAD_LANGS), ("xquad_xling", others),
+                       ("ntrex_en", others)):
+        assert fam in names
+        assert {f"{fam}_{lang}" for lang in langs} <= names
+    assert len(names) == 4 + 12 + 12 + 11 + 11  # nothing else: the folder holds no stray task
+
+
+def test_prompts_are_lm_evals_builtin_xquad_prompts():
+    import yaml
+    from lm_eval.utils import apply_template
+
+    import lm_eval
+    from lahis_ctrl.lm_eval_tasks import xquad_prompt
+    from lahis_ctrl.xquad import XQUAD_LANGS
+
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "xquad"
+    doc = {"context": "Ein Kontext mit {Klammern}.", "question": "Eine Frage?", "answers": {"text": ["x"]}}
+    for lang in XQUAD_LANGS:
+        template = yaml.safe_load((builtin / f"xquad_{lang}.yaml").read_text(encoding="utf-8"))["doc_to_text"]
+        assert xquad_prompt({**doc, "lang": lang}) == apply_template(template, doc), lang
+
+
+def test_datasets_from_the_offline_copy(shared_data, task_manager):
+    from lahis_ctrl.lm_eval_tasks import ntrex, xquad, xquad_xling
+    from lahis_ctrl.xquad import load_xquad
+
+    de = load_xquad("de", shared_data)
+    full = xquad("de", data_dir=str(shared_data))["validation"]
+    assert len(full) == 1190 and full[0]["lang"] == "de" and full[0]["id"] == de[0]["id"]
+    test = xquad("de", start=390, end=1190, split="test", data_dir=str(shared_data))["test"]
+    assert len(test) == 800 and test[0]["id"] == de[390]["id"] and test[-1]["id"] == de[1189]["id"]
+    xl = xquad_xling("de", data_dir=str(shared_data))["validation"]
+    en = {r["id"]: r for r in load_xquad("en", shared_data)}
+    assert len(xl) == 1190
+    for row in (xl[0], xl[700]):
+        assert row["context"] == en[row["id"]]["context"] and row["answers_context_lang"] == en[row["id"]]["answers"]["text"]
+        assert row["question"] == next(r for r in de if r["id"] == row["id"])["question"]
+    nt = ntrex("de", data_dir=str(shared_data))["test"]
+    lines = (shared_data / "ntrex128" / "de.txt").read_text(encoding="utf-8").splitlines()
+    assert len(nt) == 1997 and nt[5]["reference"] == lines[5] and nt[0]["target_name"] == "German"
+
+
+def test_task_loading_uses_the_data_dir(task_manager, local_data, monkeypatch):
+    monkeypatch.setenv("LAHIS_DATA_DIR", str(local_data))
+    tasks = task_manager.load(["xquad_de", "xquad_xling_de", "ntrex_en_de"])["tasks"]
+    by_name = {t.config.task: t for t in tasks.values()} if isinstance(tasks, dict) else {t.config.task: t for t in tasks}
+    xq = list(by_name["xquad_de"].validation_docs())
+    assert [d["id"] for d in xq] == [i[0] for i in ITEMS]
+    assert by_name["xquad_de"].doc_to_text(xq[0]) == "Kontext: " + ITEMS[0][4] + "\n\nFrage: " + ITEMS[0][5] + "\n\nAntwort:"
+    xl = list(by_name["xquad_xling_de"].validation_docs())
+    assert by_name["xquad_xling_de"].doc_to_text(xl[0]) == "Kontext: " + ITEMS[0][1] + "\n\nFrage: " + ITEMS[0][5] + "\n\nAntwort:"
+    nt = list(by_name["ntrex_en_de"].test_docs())
+    assert by_name["ntrex_en_de"].doc_to_text(nt[0]) == f"English phrase: {NTREX[0][0]}\nGerman phrase:"
+    assert by_name["ntrex_en_de"].doc_to_target(nt[0]) == NTREX[0][1]
+    aggregation = by_name["xquad_de"].aggregation()
+    from lm_eval.api.metrics import mean, nanmean
+
+    assert aggregation["off_target_rate"] is nanmean and aggregation["undetermined_rate"] is mean
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def _doc(lang="de", **kw):
+    return {"answers": {"text": kw.pop("golds", ["x"])}, "lang": lang, **kw}
+
+
+def test_squad_em_f1_on_official_examples():
+    from lahis_ctrl.lm_eval_tasks import process_xquad
+
+    # SQuAD v1.1 dev, "Super Bowl 50": gold answers as in the official file
+    golds = ["Denver Broncos", "Denver Broncos", "Denver Broncos"]
+    r = process_xquad(_doc("en", golds=golds), [" The Denver Broncos."])
+    assert r["exact_match"] == 1.0 and r["f1"] == 1.0 and r["contains"] == 1.0
+    r = process_xquad(_doc("en", golds=golds), [" Denver"])
+    assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(2 / 3) and r["contains"] == 0.0
+    golds = ["Santa Clara, California", "Levi's Stadium", "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]
+    r = process_xquad(_doc("en", golds=golds), [" Santa Clara"])
+    # best gold "Santa Clara, California": P = 2/2, R = 2/3
+    assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(0.8) and r["contains"] == 0.0
+    r = process_xquad(_doc("en", golds=golds), [" It was at Levi's Stadium."])
+    # "it was at levis stadium" vs "levis stadium": P = 2/5, R = 1
+    assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(2 * 0.4 / 1.4) and r["contains"] == 1.0
+
+
+def test_off_target_on_known_sentences_empty_and_digits():
+    from lahis_ctrl.lm_eval_tasks import off_target, process_translation, process_xquad_lahis
+
+    assert off_target("Der Hund schläft den ganzen Tag auf dem Sofa.", "de") == {"off_target_rate": 0.0,
+                                                                                   "undetermined_rate": 0.0}
+    assert off_target("The dog sleeps on the sofa all day long.", "de") == {"off_target_rate": 1.0,
+                                                                              "undetermined_rate": 0.0}
+    assert off_target("Собака спит на диване весь день.", "ru")["off_target_rate"] == 0.0
+    assert off_target("北京是中国的首都，也是一座历史悠久的城市。", "zh")["off_target_rate"] == 0.0
+    for text in ("", "   ", "1234", "3,7 %", "!!!"):
+        r = off_target(text, "de")
+        assert math.isnan(r["off_target_rate"]) and r["undetermined_rate"] == 1.0, text
+    # settings from the task metadata travel in the document: a length floor makes any output undecided
+    r = process_xquad_lahis(_doc("de", golds=["Hund"], lid_min_chars="1000"), ["Der Hund schläft den ganzen Tag."])
+    assert r["contains"] == 1.0 and math.isnan(r["off_target_rate"]) and r["undetermined_rate"] == 1.0
+    r = process_translation({"reference": "Das Wetter war kalt.", "lang": "de"}, [" The weather was cold.\n"])
+    assert r["chrf"] == ("Das Wetter war kalt.", "The weather was cold.") and r["off_target_rate"] == 1.0
+
+
+def test_off_target_aggregation_counts_only_decided_outputs():
+    from lm_eval.api.metrics import mean, nanmean
+
+    from lahis_ctrl.lm_eval_tasks import off_target
+
+    outputs = ["Das ist ein deutscher Satz über das Wetter.", "This sentence is written in English.",
+               "Noch ein Satz auf Deutsch, ganz ohne Zweifel.", "42", ""]
+    rows = [off_target(o, "de") for o in outputs]
+    assert nanmean([r["off_target_rate"] for r in rows]) == pytest.approx(1 / 3)
+    assert mean([r["undetermined_rate"] for r in rows]) == pytest.approx(2 / 5)
+
+
+# ------------------------------------------------------------------------------------------ slow: Gemma 3 270M
+@pytest.mark.slow
+def test_gemma_xquad_de_and_xling_de_end_to_end(shared_data, tmp_path):
+    from lahis_ctrl.loading import resolve
+
+    out = tmp_path / "out"
+    cmd = [str(Path(PY).with_name("lm_eval")), "--model", "lahis_hf",
+           "--model_args", f"pretrained={resolve('gemma-3-270m')},dtype=float32",
+           "--tasks", "xquad_de,xquad_xling_de", "--include_path", str(REPO / "tasks"), "--device", "cpu",
+           "--batch_size", "4", "--limit", "20", "--gen_kwargs", "max_gen_toks=24", "--output_path", str(out)]
+    env = {**os.environ, **ENV_OFFLINE, "LAHIS_DATA_DIR": str(shared_data)}
+    proc = subprocess.run(["nice", "-n", "10", *cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    print(json.dumps(results, indent=1))
+    de, xl = results["xquad_de"], results["xquad_xling_de"]
+    assert de["sample_len"] == 20 and xl["sample_len"] == 20
+    # a working prompt/target pipeline: the model answers a share of German questions from a German context
+    assert de["f1,none"] > 0.1 and de["contains,none"] > 0.1
+    for r in (de, xl):
+        assert 0.0 <= r["undetermined_rate,none"] <= 1.0
+        assert math.isnan(r["off_target_rate,none"]) or 0.0 <= r["off_target_rate,none"] <= 1.0

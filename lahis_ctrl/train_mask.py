@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -197,9 +197,17 @@ class SoftMaskTrainer:
             self.trainable[layer, head] = True
         self.optimizer = torch.optim.AdamW([self.scales], lr=lr, weight_decay=weight_decay)
         self.steps = 0
+        # Hook only the layers that hold trainable heads: every other head is exactly 1, and a layer without
+        # a hook computes exactly what an all-ones hook would, but backward then stops at the lowest
+        # trainable layer instead of running through the whole model.
+        self.layers = sorted({layer for layer, _ in selected})
+        self.sub_spec = replace(spec, num_layers=len(self.layers),
+                                o_proj_names=tuple(spec.o_proj_names[layer] for layer in self.layers))
+        self.layer_index = torch.tensor(self.layers, dtype=torch.long)
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
-        with scale_context(self.model, self.scales, self.spec):
+        sub = self.scales[self.layer_index]  # [trainable layers, heads], differentiable w.r.t. self.scales
+        with scale_context(self.model, sub, self.sub_spec):
             loss = answer_loss(self.model, batch)
         # d(loss)/d(scales) only: model weights never accumulate gradients, even if they require grad
         (grad,) = torch.autograd.grad(loss, [self.scales])

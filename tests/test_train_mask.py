@@ -76,6 +76,26 @@ def test_frozen_heads_get_zero_gradient_and_stay_one(llama, tok):
     assert all(p.grad is None for p in llama.parameters())
 
 
+def test_hooking_only_trainable_layers_is_exact(llama, tok):
+    from lahis_ctrl.control import scale_heads
+
+    spec = describe(llama)
+    trainer = SoftMaskTrainer(llama, spec, [(1, 2), (2, 0)])
+    with torch.no_grad():
+        trainer.scales[1, 2], trainer.scales[2, 0] = 0.5, 1.7
+    batch = collate([build_example(tok, ROWS[2], "en")], tok.pad_token_id)
+    full = trainer.scales.detach().clone().requires_grad_(True)
+    with scale_heads(llama, full, spec):  # every layer hooked
+        loss_full = answer_loss(llama, batch)
+    (grad_full,) = torch.autograd.grad(loss_full, [full])
+    with scale_heads(llama, trainer.scales[trainer.layer_index], trainer.sub_spec):  # what step() does
+        loss_sub = answer_loss(llama, batch)
+    (grad_sub,) = torch.autograd.grad(loss_sub, [trainer.scales])
+    assert trainer.layers == [1, 2]
+    assert torch.equal(loss_full, loss_sub)
+    assert torch.allclose(grad_full[trainer.trainable], grad_sub[trainer.trainable], rtol=1e-6, atol=0)
+
+
 def test_train_mask_result(llama, tok):
     mask = train_mask(llama, tok, "en", SCORES, n=2, epochs=2, lr=0.05, rows=ROWS, batch_size=2)
     assert mask.method == "lahis-soft-mask" and mask.language == "en"
@@ -153,3 +173,46 @@ def test_scores_of_another_model_type(llama, tok, tmp_path):
     path = mine.save(tmp_path / "en.safetensors")
     mask = train_mask(llama, tok, "en", path, n=1, epochs=1, rows=ROWS[:1])  # a score file works too
     assert mask.changed_heads() == [(0, 1)]
+
+
+@pytest.mark.slow
+def test_gemma_soft_mask_on_xquad(gemma, shared_data, tmp_path, capsys):
+    """Gemma 3 270M, German XQuAD: train LAHIS and random soft masks on 100 reference-train items (1 epoch),
+    evaluate original / random / LAHIS on 100 held-out test items. Asserts only what must hold; the
+    accuracies are printed (and are whatever they are)."""
+    import os
+
+    from lahis_ctrl.evaluate import evaluate_masks
+    from lahis_ctrl.scoring import score_heads
+    from lahis_ctrl.corpora import load_texts
+    from lahis_ctrl.xquad import load_xquad, reference_split
+
+    n_items = int(os.environ.get("LAHIS_SOFTMASK_ITEMS", "100"))
+    model, tok = gemma
+    lang = "de"
+    texts = load_texts("embedded", lang, n=8, seed=0, tokenizer=tok)
+    scores = score_heads(model, tok, texts, mode="fast", max_length=256, batch_size=4, language=lang, progress=False)
+    train, test = reference_split(load_xquad(lang, shared_data))
+    train, test = train[:n_items], test[:n_items]
+    kw = dict(epochs=1, lr=1e-2, rows=train, seed=0)
+    lahis = train_mask(model, tok, lang, scores, heads="top", **kw)
+    rand = train_mask(model, tok, lang, None, heads="random", **kw)
+    n = default_n(describe(model))
+    assert n == 1  # int(0.02 * 18 * 4) = 1, at least 1
+    for mask in (lahis, rand):
+        assert len(mask.extra["trainable_heads"]) == n
+        (layer, head), = mask.extra["trainable_heads"]
+        assert mask.values[layer, head] != 1.0  # the mask changed
+        rest = torch.ones_like(mask.values, dtype=torch.bool)
+        rest[layer, head] = False
+        assert (mask.values[rest] == 1.0).all()  # every other head is exactly 1
+    assert lahis.extra["trainable_heads"] == [list(scores.top_heads(1)[0])]
+    report = evaluate_masks(model, tok, lang, {"original": None, "random": rand, "lahis": lahis}, test,
+                            max_new_tokens=10, batch_size=8, out_dir=tmp_path)
+    for s in report.summary.values():
+        assert s["n"] == len(test) and all(0.0 <= s[k] <= 1.0 for k in ("accuracy", "exact_match", "f1"))
+    with capsys.disabled():
+        print(f"\n[softmask slow] Gemma 3 270M, {lang}, train {len(train)} items x 1 epoch, test {len(test)} items")
+        print(f"[softmask slow] LAHIS head {lahis.extra['trainable_heads']} -> {lahis.values[tuple(lahis.extra['trainable_heads'][0])]:.4f}; "
+              f"random head {rand.extra['trainable_heads']} -> {rand.values[tuple(rand.extra['trainable_heads'][0])]:.4f}")
+        print(report.table())

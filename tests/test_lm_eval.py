@@ -293,7 +293,9 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
 
     # a plain path entry: makes lm_eval/torch importable without running the dev venv's own .pth files
     (site / "_deps.pth").write_text(str(Path(lm_eval.__file__).parents[1]) + "\n")
-    subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", str(venv), str(wheel)],
+    # --target (not --prefix): pip then ignores what is installed in the running environment; with --prefix it
+    # would uninstall the developer's own lahis-ctrl install first
+    subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     python = str(venv / "bin" / "python")
     assert _probe(python, False, tmp_path) == "[] True HFLM False LahisHFLM True"

@@ -1,8 +1,9 @@
 """Soft-mask training step and QA evaluation speed, measured side by side in one run.
 
-  * one training step (forward + backward to the head scales + AdamW) with the answer-only LM head
-    (`logits_to_keep` = the positions that predict answer tokens, what train_mask does) vs the model's own
-    loss over full [batch, pos, vocab] logits (model(labels=...)); same items, same weights;
+  * one training step (forward + backward to the head scales + AdamW) as train_mask does it (LM head only at
+    the positions that predict answer tokens; hooks only on the layers holding trainable heads, so backward
+    stops at the lowest of them) vs the naive step (every layer hooked, the model's own loss over full
+    [batch, pos, vocab] logits); same items, same weights, one random trainable head;
   * greedy evaluation of the same items with batch size 1 vs 8 (left padding).
 
     nice -n 10 .venv/bin/python benchmarks/bench_softmask.py                 # Gemma 3 270M, German XQuAD
@@ -78,7 +79,7 @@ def main() -> None:
 
     timings = {}
     losses = {}
-    for name in ("full logits (model(labels=...))", "answer positions only (train_mask)"):
+    for name in ("naive (all layers hooked, full logits)", "answer-only logits, trainable layers hooked (train_mask)"):
         trainer = SoftMaskTrainer(model, spec, heads)
         batches = [collate([e], tok.pad_token_id or 0) for e in examples]
         trainer.step(batches[0]) if name.startswith("answer") else full_logits_step(trainer, batches[0])  # warm-up

@@ -34,6 +34,8 @@ _EXPORTS = {
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",
+    # vLLM: live masks on a running vllm.LLM, masks as PEFT LoRA adapters (per-request masks)
+    "set_head_mask": "vllm.live", "export_lora": "vllm.lora",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -42,7 +42,9 @@ def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwri
         model: hub id, local directory, or 'gemma-3-270m'.
         mask: a head mask file (.safetensors or .json) made for this model.
         out: output directory (written atomically).
-        format: 'folded' (mask multiplied into the output-projection weights).
+        format: 'folded' (mask multiplied into the output-projection weights) or 'lora' (a PEFT LoRA
+            adapter on the output projections that reproduces the mask, for per-request masks in vLLM's
+            multi-LoRA serving and for PEFT; apply it to the unmasked model).
         overwrite: replace a non-empty output directory.
         dtype: dtype to load (and save) the model in: auto, float32, bfloat16, float16.
     """
@@ -55,6 +57,13 @@ def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwri
 
         m = load_model(model, dtype=dtype)
         out_dir = export_folded(m, load_tokenizer(model), head_mask, out, overwrite=overwrite)
+    elif format == "lora":
+        from .loading import load_model
+        from .vllm.lora import export_lora, read_adapter_config
+
+        m = load_model(model, dtype=dtype)
+        out_dir = export_lora(m, head_mask, out, overwrite=overwrite)
+        print(f"LoRA rank {read_adapter_config(out_dir)['r']}: serve with vLLM's enable_lora=True, max_lora_rank >= it")
     else:
-        raise LahisError(f"unknown export format '{format}': use 'folded'")
+        raise LahisError(f"unknown export format '{format}': use 'folded' or 'lora'")
     print(f"wrote {out_dir} ({format}, {len(head_mask.changed_heads())} heads changed)")

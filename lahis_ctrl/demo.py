@@ -11,6 +11,7 @@ demo resumes):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ def _done(start: float, what: str = "") -> None:
 def generation_sample(m, tok, out: Path, max_new_tokens: int = 12, heads: Optional[list[tuple[int, int]]] = None) -> None:
     """Greedy outputs of a few prompts with and without `heads` zeroed (default: all heads of layers 0-1)."""
     from .control import apply_head_mask
+    from .fileio import write_json
     from .generation import greedy_generate
     from .introspect import describe
     from .mask import HeadMask
@@ -50,9 +52,17 @@ def generation_sample(m, tok, out: Path, max_new_tokens: int = 12, heads: Option
     mask = HeadMask.from_heads(m, heads, scale=0.0, method="demo-zero")
     mask_path = mask.save(Path(out) / "demo_mask.safetensors")
     prompts = list(DEMO_PROMPTS.values())
-    plain = greedy_generate(m, tok, prompts, max_new_tokens=max_new_tokens)
-    with apply_head_mask(m, mask):
-        masked = greedy_generate(m, tok, prompts, max_new_tokens=max_new_tokens)
+    sample_path = Path(out) / "sample.json"
+    key = {"model": spec.name_or_path, "heads": [list(h) for h in heads], "prompts": prompts,
+           "max_new_tokens": max_new_tokens}
+    done = json.loads(sample_path.read_text(encoding="utf-8")) if sample_path.is_file() else {}
+    if done.get("key") == key:
+        plain, masked = done["original"], done["masked"]
+    else:
+        plain = greedy_generate(m, tok, prompts, max_new_tokens=max_new_tokens)
+        with apply_head_mask(m, mask):
+            masked = greedy_generate(m, tok, prompts, max_new_tokens=max_new_tokens)
+        write_json(sample_path, {"key": key, "original": plain, "masked": masked})
     print(f"masked heads (layer, head): {heads}  -> mask saved to {mask_path}")
     for lang, prompt, a, b in zip(DEMO_PROMPTS, prompts, plain, masked):
         print(f"[{lang}] {prompt!r}\n   original: {a!r}\n   masked:   {b!r}")
@@ -153,7 +163,7 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
     if len(test) < 100:
         print(f"({len(test)} questions: differences of a few points are noise; run with --data DIR for real XQuAD)")
     print(f"\nfiles under {out}:")
-    for p in ("demo_mask.safetensors", "scores/", "heads.json", "plots/", "masks/", "eval/results.md",
+    for p in ("demo_mask.safetensors", "sample.json", "scores/", "heads.json", "plots/", "masks/", "eval/results.md",
               "eval/examples.jsonl"):
         if (out / p.rstrip("/")).exists():
             print(f"  {out / p}")

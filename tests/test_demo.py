@@ -17,12 +17,13 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     text = capsys.readouterr().out
     for row in ("| original | 2 |", "| random | 2 |", "| lahis | 2 |"):
         assert row in text
-    for p in ("demo_mask.safetensors", "scores/en.safetensors", "scores/de.safetensors", "heads.json",
+    for p in ("demo_mask.safetensors", "sample.json", "scores/en.safetensors", "scores/de.safetensors", "heads.json",
               "masks/en-lahis.safetensors", "masks/en-random.safetensors", "eval/results.md", "eval/examples.jsonl"):
         assert (out / p).is_file(), p
     lahis = HeadMask.load(out / "masks" / "en-lahis.safetensors")
     assert lahis.method == "lahis-soft-mask" and len(lahis.changed_heads()) == 1
     before = (out / "masks" / "en-lahis.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished steps are skipped
-    assert "already trained" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "already trained" in again and "| lahis | 2 |" in again
     assert (out / "masks" / "en-lahis.safetensors").stat().st_mtime_ns == before

@@ -93,7 +93,6 @@ def join_lines(lines: Sequence[str], passage_tokens: int = 256, tokenizer=None) 
     if passage_tokens < 2:
         raise LahisError(f"passage_tokens must be >= 2, got {passage_tokens}")
     count = (lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"])) if tokenizer is not None else _estimate_tokens
-    # CJK text has no spaces between sentences
     passages, current, size = [], [], 0
     for line in lines:
         line = line.strip()
@@ -109,9 +108,15 @@ def join_lines(lines: Sequence[str], passage_tokens: int = 256, tokenizer=None) 
     return passages
 
 
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
+
+
 def _join(sentences: list[str]) -> str:
-    sep = "" if all(re.search(r"[\u3000-\u9fff\uac00-\ud7af]$", s) for s in sentences[:-1]) else " "
-    return sep.join(sentences)
+    """Join sentences with spaces, except after Chinese/Japanese sentences (those scripts use no spaces)."""
+    out = sentences[0]
+    for prev, sentence in zip(sentences, sentences[1:]):
+        out += ("" if _CJK.search(prev) else " ") + sentence
+    return out
 
 
 def _local_file(source: str, lang: str) -> Path:

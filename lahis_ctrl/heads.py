@@ -83,11 +83,12 @@ def classify_heads(scores_by_lang: Mapping[str, object], q: float = 0.96, min_re
     """
     mats, facts = _matrices(scores_by_lang)
     langs = list(mats)
+    explicit = min_rep is not None
     if min_rep is None:
-        min_rep = default_min_rep(len(langs))
+        min_rep = default_min_rep(len(langs))  # one language: 2 > 1, so every kept head is specific
     if min_rep < 1:
         raise LahisError(f"min_rep must be >= 1, got {min_rep}")
-    if min_rep > len(langs):
+    if explicit and min_rep > len(langs):
         raise LahisError(f"min_rep={min_rep} but only {len(langs)} languages were given: no head could be general")
     kept = {}
     thresholds = {}
@@ -148,12 +149,37 @@ def top_specific_heads(scores_by_lang: Mapping[str, object], lang: str, k: int, 
     return [h for h in ranked if h not in general][:k]
 
 
-def load_scores(paths: list[Union[str, Path]]) -> dict:
-    """{lang: HeadScores} from score files (the language comes from each file's metadata, else its name)."""
+def score_paths(scores: Union[str, Path, list]) -> list[Path]:
+    """Score files named by a folder (every *.safetensors in it but checkpoints), a glob, a comma-separated
+    list, or a list of paths."""
+    import glob
+
+    if isinstance(scores, (list, tuple)):
+        items = [str(x) for x in scores]
+    else:
+        items = [x.strip() for x in str(scores).split(",") if x.strip()]
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            paths += sorted(q for q in p.glob("*.safetensors") if not q.name.endswith(".ckpt.safetensors"))
+        elif any(c in item for c in "*?["):
+            paths += sorted(Path(q) for q in glob.glob(str(p)) if not q.endswith(".ckpt.safetensors"))
+        else:
+            paths.append(p)
+    if not paths:
+        raise LahisError(f"no score files found in {scores!r}: give a folder written by `lahis score`, a glob "
+                         "such as 'runs/scores/*.safetensors', or comma-separated files")
+    return paths
+
+
+def load_scores(paths: Union[str, Path, list]) -> dict:
+    """{lang: HeadScores} from score files (see score_paths); the language comes from each file's metadata,
+    else its name."""
     from .scoring import HeadScores
 
     out = {}
-    for p in paths:
+    for p in score_paths(paths):
         s = HeadScores.load(p)
         lang = s.language or Path(p).stem
         if lang in out:
@@ -162,19 +188,18 @@ def load_scores(paths: list[Union[str, Path]]) -> dict:
     return out
 
 
-def heads(scores: list[Path], q: float = 0.96, min_rep: Optional[int] = None, out: Optional[Path] = None) -> None:
+def heads(scores: str, q: float = 0.96, min_rep: Optional[int] = None, out: Optional[Path] = None) -> None:
     """Classify heads as language-specific or language-general from several languages' score files.
 
     Args:
-        scores: score files written by `lahis score` (one per language, same model).
+        scores: score files written by `lahis score` (one per language, same model): their folder, a glob such as
+            'runs/scores/*.safetensors', or comma-separated files.
         q: quantile above which a language keeps a head (0.96 keeps the top ~4%).
         min_rep: a head kept by at least this many languages is general (default ceil(0.8 x languages), >= 2).
         out: write the classification as JSON here (default: print only).
     """
     from .fileio import write_json
 
-    if not scores:
-        raise LahisError("give at least one score file")
     c = classify_heads(load_scores(scores), q=q, min_rep=min_rep)
     print(f"rule: top heads above the {q} quantile per language; general = kept by >= {c['min_rep']} of "
           f"{len(c['languages'])} languages")

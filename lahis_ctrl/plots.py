@@ -139,12 +139,13 @@ def plot_ppl_cross(result: dict, path, metric: str = "corpus_ppl") -> Path:
     return _save(fig, path)
 
 
-def plot(scores: list[Path], out: Path = Path("runs/plots"), q: float = 0.96, min_rep: Optional[int] = None,
+def plot(scores: str, out: Path = Path("runs/plots"), q: float = 0.96, min_rep: Optional[int] = None,
          top: Optional[int] = None) -> None:
     """PNG plots of score files: heatmaps.png, overlap.png and layers.png (specific heads per layer).
 
     Args:
-        scores: score files written by `lahis score` (one per language, same model).
+        scores: score files written by `lahis score` (one per language, same model): their folder, a glob such as
+            'runs/scores/*.safetensors', or comma-separated files.
         out: output folder.
         q: quantile of the specific/general rule.
         min_rep: languages a head must be kept by to be general (default ceil(0.8 x languages)).
@@ -152,8 +153,6 @@ def plot(scores: list[Path], out: Path = Path("runs/plots"), q: float = 0.96, mi
     """
     from .heads import classify_heads, load_scores
 
-    if not scores:
-        raise LahisError("give at least one score file")
     s = load_scores(scores)
     out = Path(out)
     written = [plot_heatmaps(s, out / "heatmaps.png"), plot_overlap(s, out / "overlap.png", top=top, q=q)]

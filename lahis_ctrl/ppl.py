@@ -130,7 +130,7 @@ def format_table(result: dict, metric: str = "corpus_ppl") -> str:
     return "\n".join(lines)
 
 
-def ppl(scores: list[Path], model: str = "gemma-3-270m", source: str = "embedded",
+def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
         languages: Optional[list[str]] = None, n: Optional[int] = None, k: int = 3, random_trials: int = 3,
         max_length: int = 512, batch_size: int = 4, dtype: str = "auto", device_map: Optional[str] = None,
         seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None, out: Path = Path("runs/ppl")) -> None:
@@ -140,7 +140,8 @@ def ppl(scores: list[Path], model: str = "gemma-3-270m", source: str = "embedded
     ppl_cross.png (heatmap of perplexity relative to the unmasked model).
 
     Args:
-        scores: score files of the masked languages (from `lahis score`, same model).
+        scores: score files of the masked languages (from `lahis score`, same model): their folder, a glob, or
+            comma-separated files.
         model: hub id, local directory, or 'gemma-3-270m'.
         source: texts to evaluate: 'wikipedia', 'embedded' or a local path (see `lahis score --help`).
         languages: languages to evaluate (default: the scored ones).

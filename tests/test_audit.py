@@ -342,6 +342,17 @@ def test_failed_run_keeps_previous_report(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left, nothing replaced
 
 
+def test_glotlid_backend_from_the_cli(tmp_path):
+    model = Path(__file__).parent / "data" / "tiny_glotlid.ftz"
+    path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
+    assert main(["audit", str(path), "--backend", "glotlid", "--lid_model", str(model), "--plot", "false"]) == 0
+    report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())
+    assert report["backend"] == "glotlid:tiny_glotlid.ftz"
+    assert [(r["on_target"], r["off_target"], r["undetermined"]) for r in report["rows"]] == [
+        (3, 0, 1), (2, 0, 0), (2, 0, 0), (1, 2, 1), (2, 0, 0), (2, 0, 0)]
+    assert main(["audit", str(path), "--backend", "glotlid", "--lid_model", str(tmp_path / "none.bin")]) == 2
+
+
 def test_langdetect_backend_in_report(tmp_path):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
     report = run_audit(path, backend="langdetect", plot=False)

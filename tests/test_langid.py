@@ -1,9 +1,9 @@
 """Language identification: known-language sentences, agreement across backends, cleaning, threshold, errors."""
 
-import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +144,25 @@ def test_fasttext_model_by_path(tmp_path, ft):
     lid = get_identifier("fasttext", model_path=path)
     assert lid.model_path == path and lid is not ft
     assert lid.predict(TEXTS) == ft.predict(TEXTS)
+
+
+TINY_GLOTLID = Path(__file__).parent / "data" / "tiny_glotlid.ftz"  # made by tests/data/make_glotlid_fixture.py
+
+
+@pytest.mark.parametrize("backend", ["glotlid", "openlid"])
+def test_glotlid_style_model_by_path(backend, ft):
+    """A real fastText file with GlotLID/OpenLID labels (__label__deu_Latn, __label__cmn_Hani), trained by fastText
+    on 8 languages: its labels land in the same scheme as lid.176's, and the script comes from the label."""
+    lid = get_identifier(backend, model_path=TINY_GLOTLID)
+    assert lid.backend == backend and lid.model_path == TINY_GLOTLID.resolve()
+    langs = ["de", "en", "es", "fr", "ru", "hi", "ar", "zh"]
+    texts = [s for lang in langs for s in SENTENCES[lang]]
+    preds = lid.predict(texts)
+    assert [p.lang for p in preds] == [p.lang for p in ft.predict(texts)] == [lang for lang in langs for _ in "ab"]
+    assert {p.label for p in preds if p.lang == "zh"} == {"__label__cmn_Hani"}
+    assert {p.script for p in preds if p.lang == "zh"} == {"Hani"}  # from the label, not the likely script Hans
+    assert {p.label for p in preds if p.lang == "ar"} == {"__label__arb_Arab"}
+    assert lid.predict(["12345"])[0].reason.startswith("no letters")
 
 
 def test_missing_model_file_names_the_path(tmp_path, monkeypatch):

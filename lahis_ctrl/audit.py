@@ -126,13 +126,17 @@ def _detect_format(path: Path) -> str:
     return "jsonl"  # empty file: reported as such by the reader
 
 
-def _lm_eval_files(path: Path) -> list[tuple[Path, str]]:
-    """[(samples file, task name)] for a samples file or a folder of them (searched recursively)."""
+def _lm_eval_files(path: Path) -> list[tuple[Path, str, str]]:
+    """[(samples file, task name, report group)] for a samples file or a folder of them (searched recursively).
+
+    The group is the task name, or 'task (date)' when the folder holds several runs of one task."""
     files = [path] if path.is_file() else sorted(path.rglob("samples_*.jsonl"))
-    out = []
+    parsed = []
     for f in files:
         m = _SAMPLES_NAME.match(f.name)
-        out.append((f, m.group("task") if m else f.stem))
+        parsed.append((f, m.group("task") if m else f.stem, m.group("date") if m else ""))
+    runs = Counter(task for _, task, _ in parsed)
+    out = [(f, task, f"{task} ({date})" if runs[task] > 1 and date else task) for f, task, date in parsed]
     if not out:
         raise LahisError(f"no lm-eval samples files (samples_<task>_<date>.jsonl) under {path}: run lm_eval with "
                          "--log_samples --output_path DIR and pass DIR or one of its samples files")
@@ -236,7 +240,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
                     reader.records.append(AuditRecord(line, fixed, None, f"{path}:{lineno}"))
 
     elif fmt == "lm-eval":
-        for file, task in _lm_eval_files(path):
+        for file, task, task_group in _lm_eval_files(path):
             files.append(str(file))
             task_lang = None
             if fixed is None and lang_field is None:
@@ -245,7 +249,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
             filters = {rec.get("filter") for _, rec in rows}
             tfield = text_field or "filtered_resps"
             for source, rec in rows:
-                group = task if len(filters) <= 1 else f"{task}[{rec.get('filter')}]"
+                group = task_group if len(filters) <= 1 else f"{task_group}[{rec.get('filter')}]"
                 if group_field is not None:
                     ok, g = reader.field(source, rec, group_field, "group", "--group_field")
                     if not ok:

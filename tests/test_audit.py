@@ -133,6 +133,23 @@ def test_lm_eval_samples_folder(lm_eval_samples, tmp_path):
     assert (tmp_path / "rep" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_lm_eval_two_runs_and_two_filters(tmp_path):
+    """Two runs of one task in a folder are reported apart; so are a task's filters."""
+    src = sorted(COMMITTED_SAMPLES.rglob("samples_audit_gen_de_*.jsonl"))[0]
+    rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_jsonl(tmp_path / "a" / "samples_audit_gen_de_2026-01-01T00-00-00.000001.jsonl", rows)
+    write_jsonl(tmp_path / "b" / "samples_audit_gen_de_2026-01-02T00-00-00.000001.jsonl",
+                rows + [{**r, "filter": "strict", "filtered_resps": ["Der Hund bellt."]} for r in rows])
+    records, _ = read_records(tmp_path)
+    groups = [r.group for r in records]
+    assert groups == ["audit_gen_de (2026-01-01T00-00-00.000001)"] * 3 + \
+        ["audit_gen_de (2026-01-02T00-00-00.000001)[none]"] * 3 + \
+        ["audit_gen_de (2026-01-02T00-00-00.000001)[strict]"] * 3
+    assert [r.text for r in records[6:]] == ["Der Hund bellt."] * 3
+
+
 def test_lm_eval_loglikelihood_samples(tmp_path):
     rec = {"doc_id": 0, "doc": {}, "target": "0", "arguments": {}, "resps": [[[-1.5, False]]],
            "filtered_resps": [[-1.5, False]], "filter": "none", "metrics": ["acc"]}

@@ -322,7 +322,10 @@ class LanguageIdentifier:
     def _predict_fasttext(self, text: str) -> tuple[str | None, float]:
         # fasttext-predict's batch call (multilinePredict) drops the probabilities, so go line by line
         # through the C++ predict; it returns [(prob, label)] for the top k=1.
-        pred = self._ft.predict(text + "\n", 1, 0.0, "replace")
+        try:
+            pred = self._ft.predict(text + "\n", 1, 0.0, "replace")
+        except TypeError:  # lone surrogates (e.g. from a JSON "\ud800") cannot be passed to C++ as UTF-8
+            pred = self._ft.predict(text.encode("utf-8", "replace").decode("utf-8") + "\n", 1, 0.0, "replace")
         if not pred:
             return None, 0.0
         prob, label = pred[0]

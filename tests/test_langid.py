@@ -109,6 +109,13 @@ def test_cleaning_keeps_the_language(ft):
     assert ft.predict(SENTENCES["de"][0].replace(" ", "\n"))[0] == base
 
 
+def test_odd_characters(ft, ld):
+    # a lone surrogate (JSON allows "\ud800") and a NUL byte do not break either backend
+    for lid in (ft, ld):
+        assert [p.lang for p in lid.predict(["Der Zug \ud800 fährt jeden Morgen ab.",
+                                             "Der Zug\x00fährt jeden Morgen um sieben Uhr ab."])] == ["de", "de"]
+
+
 def test_confidence_threshold():
     low = get_identifier("fasttext", min_confidence=0.0).predict("Paris")[0]
     assert low.determined and low.reason is None and 0.0 < low.confidence < 1.0

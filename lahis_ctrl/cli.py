@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 
 # subcommand -> "module:function". Modules are imported only when the CLI starts, not on `import lahis_ctrl`.
@@ -34,6 +35,22 @@ def _load(spec: str):
     return getattr(importlib.import_module(module), func)
 
 
+_DASHED_OPTION = re.compile(r"^--([a-z][a-z0-9]*(?:-[a-z0-9]+)+)(=.*)?$", re.S)
+# `lahis eval` hands its arguments to lm_eval's own parser unchanged
+_PASSTHROUGH = {"eval"}
+
+
+def _underscore_options(argv: list[str]) -> list[str]:
+    """Accept `--max-off-target` as well as jsonargparse's `--max_off_target` spelling."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in _PASSTHROUGH:
+            return out + argv[i:]
+        m = _DASHED_OPTION.match(arg)
+        out.append(f"--{m.group(1).replace('-', '_')}{m.group(2) or ''}" if m else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
@@ -42,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {name: _load(spec) for name, spec in COMMANDS.items()}
     try:
-        CLI(commands, args=argv, as_positional=True,
+        args = _underscore_options(sys.argv[1:] if argv is None else list(argv))
+        CLI(commands, args=args, as_positional=True,
             description="lahis: language attention heads of multilingual LLMs - score, mask, evaluate, serve.")
     except LahisError as exc:
         print(f"lahis: error: {exc}", file=sys.stderr)

@@ -382,3 +382,11 @@ def test_load_model_from_local_dir(tmp_path, tok):
     with pytest.raises(LahisError, match="unknown embedded model"):
         from lahis_ctrl.loading import embedded_model_dir
         embedded_model_dir("gemma-9")
+
+
+def test_cli_accepts_dashed_option_names():
+    from lahis_ctrl.cli import _underscore_options
+
+    assert _underscore_options(["audit", "x.jsonl", "--max-off-target", "0.1", "--skip-bad=true", "--lang_field", "a-b"]) \
+        == ["audit", "x.jsonl", "--max_off_target", "0.1", "--skip_bad=true", "--lang_field", "a-b"]
+    assert _underscore_options(["eval", "--model-args", "x"]) == ["eval", "--model-args", "x"]  # lm_eval's own parser

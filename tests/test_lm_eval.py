@@ -244,29 +244,30 @@ _PROBE = """
 import sys
 before = sorted(m for m in ("torch", "lm_eval", "lahis_ctrl", "transformers") if m in sys.modules)
 from lm_eval.api.registry import get_model, model_registry
-known = "lahis_hf" in model_registry
-hf = get_model("hf").__name__
-imported = "lahis_ctrl" in sys.modules
-cls = get_model("lahis_hf").__name__ if known else None
-print(before, known, hf, imported, cls, "lahis_vllm" in model_registry)
+raw = dict(model_registry.items()).get("lahis_hf")  # the lazy "module:Class" placeholder
+# built-in models stay known (lm-eval imports its own model table only while the registry is empty)
+builtin = "hf" in model_registry and "vllm" in model_registry
+lazy = "lahis_ctrl" not in sys.modules
+loaded = get_model("lahis_hf").__name__ if sys.argv[1] == "load" and raw is not None else None
+print(before, raw, builtin, lazy, loaded, "lahis_vllm" in model_registry)
 """
 
 
-def _probe(python: str, opt_out: bool, cwd) -> str:
+def _probe(python: str, opt_out: bool, cwd, load: bool = False) -> str:
     env = {**os.environ, **ENV_OFFLINE}
     env.pop("LAHIS_NO_LM_EVAL_HOOK", None)
     if opt_out:
         env["LAHIS_NO_LM_EVAL_HOOK"] = "1"
-    proc = subprocess.run([python, "-c", _PROBE], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([python, "-c", _PROBE, "load" if load else "-"], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()[-1]
 
 
 def test_registration_without_importing_lahis_ctrl(tmp_path):
-    # nothing heavy at start-up; the names appear with lm_eval's registry, lazily (lahis_ctrl not imported
-    # until lahis_hf is looked up); built-in models still resolve
-    assert _probe(PY, False, tmp_path) == "[] True HFLM False LahisHFLM True"
-    assert _probe(PY, True, tmp_path) == "[] False HFLM False None False"
+    # nothing heavy at start-up; the names appear with lm_eval's registry; the class loads on first use
+    assert _probe(PY, False, tmp_path, load=True) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True LahisHFLM True"
+    assert _probe(PY, True, tmp_path) == "[] None False True None False"
 
 
 def _build(kind: str, out: Path) -> Path:
@@ -298,8 +299,7 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
     subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     python = str(venv / "bin" / "python")
-    assert _probe(python, False, tmp_path) == "[] True HFLM False LahisHFLM True"
-    assert _probe(python, True, tmp_path) == "[] False HFLM False None False"
+    assert _probe(python, False, tmp_path) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True None True"
     where = subprocess.run([python, "-c", "import lahis_ctrl.lm_eval_cli as c; print(c.tasks_dir())"], cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert (Path(where) / "xquad" / "xquad_de.yaml").is_file()
@@ -446,24 +446,31 @@ def test_off_target_aggregation_counts_only_decided_outputs():
 
 # ------------------------------------------------------------------------------------------ slow: Gemma 3 270M
 @pytest.mark.slow
-def test_gemma_xquad_de_and_xling_de_end_to_end(shared_data, tmp_path):
-    from lahis_ctrl.loading import resolve
+def test_gemma_xquad_de_and_xling_de_end_to_end(gemma, shared_data, monkeypatch):
+    """Gemma 3 270M through lm-eval (in-process, reusing the session's loaded model) on 20 real items each."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
 
-    out = tmp_path / "out"
-    cmd = [str(Path(PY).with_name("lm_eval")), "--model", "lahis_hf",
-           "--model_args", f"pretrained={resolve('gemma-3-270m')},dtype=float32",
-           "--tasks", "xquad_de,xquad_xling_de", "--include_path", str(REPO / "tasks"), "--device", "cpu",
-           "--batch_size", "4", "--limit", "20", "--gen_kwargs", "max_gen_toks=24", "--output_path", str(out)]
-    env = {**os.environ, **ENV_OFFLINE, "LAHIS_DATA_DIR": str(shared_data)}
-    proc = subprocess.run(["nice", "-n", "10", *cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
-    print(json.dumps(results, indent=1))
+    from lahis_ctrl.lm_eval_cli import tasks_dir
+    from lahis_ctrl.lm_eval_models import LahisHFLM
+
+    model, tok = gemma
+    monkeypatch.setenv("LAHIS_DATA_DIR", str(shared_data))
+    lm = LahisHFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    result = lm_eval.simple_evaluate(model=lm, tasks=["xquad_de", "xquad_xling_de"], limit=20,
+                                     gen_kwargs="max_gen_toks=16", bootstrap_iters=0, log_samples=True,
+                                     task_manager=TaskManager(include_path=str(tasks_dir()), include_defaults=False))
+    results = result["results"]
+    for task in ("xquad_de", "xquad_xling_de"):
+        print(task, {k.split(",")[0]: round(float(v), 3) for k, v in results[task].items()
+                     if k.endswith(",none") and "_stderr" not in k})
+        for s in result["samples"][task][:3]:
+            print("   ", repr(s["resps"][0][0]), "| gold:", s["doc"]["answers"]["text"][0])
     de, xl = results["xquad_de"], results["xquad_xling_de"]
     assert de["sample_len"] == 20 and xl["sample_len"] == 20
-    # a working prompt/target pipeline: the model answers a share of German questions from a German context
-    assert de["f1,none"] > 0.1 and de["contains,none"] > 0.1
+    # a working prompt/target/metric pipeline: the 270M base model finds some answers in a German context
+    assert de["contains,none"] > 0 and de["f1,none"] > 0
+    # the point of xquad_xling: with an English context, more of the decided answers are not German
+    assert xl["off_target_rate,none"] > de["off_target_rate,none"]
     for r in (de, xl):
         assert 0.0 <= r["undetermined_rate,none"] <= 1.0
-        assert math.isnan(r["off_target_rate,none"]) or 0.0 <= r["off_target_rate,none"] <= 1.0

@@ -79,8 +79,10 @@ def eval_cmd(tasks: Optional[str] = None, model: str = "lahis_hf", model_args: O
              log_samples: bool = False, data_dir: Optional[Path] = None, metadata: Optional[str] = None,
              seed: Optional[str] = None, use_cache: Optional[str] = None,
              extra: Optional[str] = None, dry_run: bool = False) -> None:
-    """Run lm-evaluation-harness (`lm_eval run`) with this package's tasks (xquad_*, xquad_lahis_*,
-    xquad_xling_*, ntrex_en_*) on the include path and the lahis_hf / lahis_vllm model types registered.
+    """Run lm-evaluation-harness with this package's tasks and lahis_hf / lahis_vllm model types.
+
+    Runs `lm_eval run` in this process with the tasks folder (xquad_*, xquad_lahis_*, xquad_xling_*, ntrex_en_*)
+    on the include path; the arguments keep lm_eval's names.
 
     Example: lahis eval --tasks xquad_de --model_args pretrained=gemma-3-270m,dtype=float32 --mask de.safetensors
     --device cpu --limit 20 --data_dir ../shared/data

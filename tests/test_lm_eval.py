@@ -370,22 +370,26 @@ def test_datasets_from_the_offline_copy(shared_data, task_manager):
     en = {r["id"]: r for r in load_xquad("en", shared_data)}
     assert len(xl) == 1190
     for row in (xl[0], xl[700]):
-        assert row["context"] == en[row["id"]]["context"] and row["answers_context_lang"] == en[row["id"]]["answers"]["text"]
+        assert row["context"] == en[row["id"]]["context"]
+        assert row["answers_context_lang"] == en[row["id"]]["answers"]["text"]
         assert row["question"] == next(r for r in de if r["id"] == row["id"])["question"]
     nt = ntrex("de", data_dir=str(shared_data))["test"]
     lines = (shared_data / "ntrex128" / "de.txt").read_text(encoding="utf-8").splitlines()
     assert len(nt) == 1997 and nt[5]["reference"] == lines[5] and nt[0]["target_name"] == "German"
+    # language-ID settings from --metadata travel with every document to the off-target metric
+    row = xquad("de", data_dir=str(shared_data), lid_min_confidence=0.7, lid_backend="langdetect")["validation"][0]
+    assert row["lid_min_confidence"] == "0.7" and row["lid_backend"] == "langdetect" and row["lid_model"] is None
 
 
 def test_task_loading_uses_the_data_dir(task_manager, local_data, monkeypatch):
     monkeypatch.setenv("LAHIS_DATA_DIR", str(local_data))
     tasks = task_manager.load(["xquad_de", "xquad_xling_de", "ntrex_en_de"])["tasks"]
-    by_name = {t.config.task: t for t in tasks.values()} if isinstance(tasks, dict) else {t.config.task: t for t in tasks}
+    by_name = {t.config.task: t for t in tasks.values()}
     xq = list(by_name["xquad_de"].validation_docs())
     assert [d["id"] for d in xq] == [i[0] for i in ITEMS]
-    assert by_name["xquad_de"].doc_to_text(xq[0]) == "Kontext: " + ITEMS[0][4] + "\n\nFrage: " + ITEMS[0][5] + "\n\nAntwort:"
+    assert by_name["xquad_de"].doc_to_text(xq[0]) == f"Kontext: {ITEMS[0][4]}\n\nFrage: {ITEMS[0][5]}\n\nAntwort:"
     xl = list(by_name["xquad_xling_de"].validation_docs())
-    assert by_name["xquad_xling_de"].doc_to_text(xl[0]) == "Kontext: " + ITEMS[0][1] + "\n\nFrage: " + ITEMS[0][5] + "\n\nAntwort:"
+    assert by_name["xquad_xling_de"].doc_to_text(xl[0]) == f"Kontext: {ITEMS[0][1]}\n\nFrage: {ITEMS[0][5]}\n\nAntwort:"
     nt = list(by_name["ntrex_en_de"].test_docs())
     assert by_name["ntrex_en_de"].doc_to_text(nt[0]) == f"English phrase: {NTREX[0][0]}\nGerman phrase:"
     assert by_name["ntrex_en_de"].doc_to_target(nt[0]) == NTREX[0][1]
@@ -409,7 +413,8 @@ def test_squad_em_f1_on_official_examples():
     assert r["exact_match"] == 1.0 and r["f1"] == 1.0 and r["contains"] == 1.0
     r = process_xquad(_doc("en", golds=golds), [" Denver"])
     assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(2 / 3) and r["contains"] == 0.0
-    golds = ["Santa Clara, California", "Levi's Stadium", "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]
+    golds = ["Santa Clara, California", "Levi's Stadium",
+             "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]
     r = process_xquad(_doc("en", golds=golds), [" Santa Clara"])
     # best gold "Santa Clara, California": P = 2/2, R = 2/3
     assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(0.8) and r["contains"] == 0.0

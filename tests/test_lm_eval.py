@@ -108,7 +108,8 @@ def task_manager():
     return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
 
 
-def _evaluate(task_manager, tiny_dir, data_dir, monkeypatch, extra: str = "", tasks=("xquad_de",)):
+def _evaluate(task_manager, tiny_dir, data_dir, monkeypatch, extra: str = "", tasks=("xquad_de",),
+              gen_kwargs: str | None = "max_gen_toks=6"):
     import lm_eval
 
     import lahis_ctrl  # noqa: F401  (the documented way to make lahis_hf known in-process)
@@ -116,7 +117,7 @@ def _evaluate(task_manager, tiny_dir, data_dir, monkeypatch, extra: str = "", ta
     monkeypatch.setenv("LAHIS_DATA_DIR", str(data_dir))
     return lm_eval.simple_evaluate(
         model="lahis_hf", model_args=f"pretrained={tiny_dir},dtype=float32,max_length=512{extra}",
-        tasks=list(tasks), limit=5, device="cpu", gen_kwargs="max_gen_toks=6", bootstrap_iters=0,
+        tasks=list(tasks), limit=5, device="cpu", gen_kwargs=gen_kwargs, bootstrap_iters=0,
         log_samples=True, task_manager=task_manager)
 
 
@@ -379,6 +380,27 @@ def test_datasets_from_the_offline_copy(shared_data, task_manager):
     # language-ID settings from --metadata travel with every document to the off-target metric
     row = xquad("de", data_dir=str(shared_data), lid_min_confidence=0.7, lid_backend="langdetect")["validation"][0]
     assert row["lid_min_confidence"] == "0.7" and row["lid_backend"] == "langdetect" and row["lid_model"] is None
+
+
+def test_xquad_lahis_is_the_papers_protocol(shared_data, task_manager, tiny_dir, monkeypatch):
+    from tiny import tiny_tokenizer
+
+    from lahis_ctrl.prompts import format_prompt
+    from lahis_ctrl.xquad import load_xquad
+
+    monkeypatch.setenv("LAHIS_DATA_DIR", str(shared_data))
+    task = task_manager.load(["xquad_lahis_de"])["tasks"]["xquad_lahis_de"]
+    docs = list(task.test_docs())
+    rows = load_xquad("de", shared_data)
+    assert len(docs) == 800 and docs[0]["id"] == rows[390]["id"]
+    assert task.doc_to_text(docs[0]) == format_prompt(rows[390], "de", style="paper")
+    assert task.config.generation_kwargs["max_gen_toks"] == 10 and task.config.generation_kwargs["until"] == []
+    result = _evaluate(task_manager, tiny_dir, shared_data, monkeypatch, tasks=("xquad_lahis_de",), gen_kwargs=None)
+    outputs = _outputs(result, "xquad_lahis_de")
+    # no stop sequence: the random model runs to the 10-token budget
+    assert len(outputs) == 5 and all(len(tiny_tokenizer()(o)["input_ids"]) >= 8 for o in outputs)
+    assert {k.split(",")[0] for k in _metrics(result, "xquad_lahis_de")} == {"contains", "off_target_rate",
+                                                                           "undetermined_rate"}
 
 
 def test_task_loading_uses_the_data_dir(task_manager, local_data, monkeypatch):

@@ -10,7 +10,8 @@ model_args, on top of every HFLM argument:
   * heads=SPEC, scale=3.0   scale a list of heads (attention-transfer experiments). SPEC is
                     `layer:head+layer:head...` (e.g. heads=3:1+5:2), or a JSON file holding
                     [[layer, head], ...] or {"heads": [[layer, head], ...]} or {"<lang>": [[layer, head], ...]}
-                    (pick the language with heads_lang=<lang>). Combined with mask= by multiplication.
+                    or the output of `lahis heads --out` (pick the language with heads_lang=<lang>, or
+                    heads_lang=general). Combined with mask= by multiplication.
   * pretrained=gemma-3-270m   the embedded default model (its cached safetensors copy) is accepted too.
 
 A mask made for another model stops the run with HeadMask.validate's message (one line under the lm_eval
@@ -56,7 +57,18 @@ def parse_heads(heads, heads_lang: str | None = None) -> list[tuple[int, int]]:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise LahisError(f"heads file {path} is not valid JSON: {exc}") from exc
-        if isinstance(obj, dict) and "heads" in obj:
+        if isinstance(obj, dict) and "per_language" in obj:  # `lahis heads --out` (heads.classify_heads)
+            if heads_lang is None:
+                raise LahisError(f"heads file {path} classifies heads for {', '.join(obj['per_language'])}: "
+                                 "choose the language-specific heads of one with heads_lang=<lang> "
+                                 "(or heads_lang=general)")
+            if heads_lang == "general":
+                obj = obj.get("general", [])
+            else:
+                from .heads import specific_heads
+
+                return specific_heads(obj, heads_lang)
+        elif isinstance(obj, dict) and "heads" in obj:
             obj = obj["heads"]
         elif isinstance(obj, dict):
             if heads_lang is None or heads_lang not in obj:
@@ -81,6 +93,8 @@ def parse_heads(heads, heads_lang: str | None = None) -> list[tuple[int, int]]:
 
 
 def _pair(x, source) -> tuple[int, int]:
+    if isinstance(x, dict) and "layer" in x and "head" in x:  # {"layer": l, "head": h, ...} entries
+        x = [x["layer"], x["head"]]
     if isinstance(x, str) and _PAIR.match(x):
         m = _PAIR.match(x)
         return int(m.group(1)), int(m.group(2))

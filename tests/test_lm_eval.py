@@ -199,6 +199,16 @@ def test_parse_heads(tmp_path):
     assert parse_heads(str(tmp_path / "per_lang.json"), heads_lang="zh") == [(1, 1)]
     with pytest.raises(LahisError, match="heads_lang"):
         parse_heads(str(tmp_path / "per_lang.json"))
+    # the file `lahis heads --out` writes
+    classification = {"languages": ["de", "zh"], "general": [{"layer": 2, "head": 0, "languages": ["de", "zh"]}],
+                      "per_language": {"de": {"specific": [{"rank": 1, "layer": 1, "head": 3, "score": 0.5},
+                                                           {"rank": 2, "layer": 0, "head": 2, "score": 0.1}]},
+                                       "zh": {"specific": []}}}
+    (tmp_path / "heads.json").write_text(json.dumps(classification))
+    assert parse_heads(str(tmp_path / "heads.json"), heads_lang="de") == [(1, 3), (0, 2)]
+    assert parse_heads(str(tmp_path / "heads.json"), heads_lang="general") == [(2, 0)]
+    with pytest.raises(LahisError, match="heads_lang=<lang>"):
+        parse_heads(str(tmp_path / "heads.json"))
     with pytest.raises(LahisError, match="layer:head"):
         parse_heads("3-1")
     with pytest.raises(LahisError, match="not found"):

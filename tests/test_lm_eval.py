@@ -353,6 +353,30 @@ def test_task_folder_has_every_task_and_group(task_manager):
     assert len(names) == 4 + 12 + 12 + 11 + 11  # nothing else: the folder holds no stray task
 
 
+def test_every_task_and_group_loads(task_manager, tmp_path, monkeypatch):
+    """All 46 tasks build (YAML, includes, !function targets, loaders) on 5 local items per language."""
+    from lahis_ctrl.lm_eval_tasks import NTREX_LANGS
+    from lahis_ctrl.xquad import XQUAD_LANGS
+
+    (tmp_path / "ntrex128").mkdir()
+    for lang in XQUAD_LANGS:  # the text is English/German everywhere: only the plumbing is under test here
+        (tmp_path / f"xquad.{lang}.json").write_text(json.dumps(_squad(ITEMS, lang == "en")), encoding="utf-8")
+    for lang in (*NTREX_LANGS, "en"):
+        (tmp_path / "ntrex128" / f"{lang}.txt").write_text("\n".join(g for _, g in NTREX), encoding="utf-8")
+    monkeypatch.setenv("LAHIS_DATA_DIR", str(tmp_path))
+    loaded = task_manager.load(["xquad", "xquad_xling", "ntrex_en"])
+    assert set(loaded["groups"]) == {"xquad", "xquad_xling", "ntrex_en"}
+    tasks = loaded["tasks"]
+    assert len(tasks) == 12 + 11 + 11
+    for name, task in tasks.items():
+        docs = list(task.eval_docs)
+        lang = name.rsplit("_", 1)[1]
+        assert len(docs) == 5 and docs[0]["lang"] == lang, name
+        assert task.doc_to_text(docs[0]) and task.doc_to_target(docs[0]), name
+    with pytest.raises(Exception, match="empty"):  # xquad_lahis needs items [390:1190]
+        task_manager.load(["xquad_lahis_de"])
+
+
 def test_prompts_are_lm_evals_builtin_xquad_prompts():
     import yaml
     from lm_eval.utils import apply_template

@@ -355,7 +355,11 @@ def _frozen(model, gradient_checkpointing: bool = False) -> Iterator[None]:
         if gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise LahisError(f"{type(model).__name__} does not support gradient checkpointing")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.train()  # transformers checkpoints layers only in train mode
             for m in model.modules():  # ...but dropout must stay off
                 if isinstance(m, torch.nn.Dropout):
@@ -363,7 +367,7 @@ def _frozen(model, gradient_checkpointing: bool = False) -> Iterator[None]:
         yield
     finally:
         if gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
         model.train(was_training)
         for p, flag in saved:
             p.requires_grad_(flag)
@@ -618,13 +622,17 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
     results: dict[str, HeadScores] = {}
     for lang in languages:
         path = Path(out_dir) / f"{lang}.safetensors" if out_dir else None
-        if path is not None and path.is_file():
-            done = HeadScores.load(path)
-            if done.mode == mode and done.validate(spec) is not None:
-                log.info("%s: already scored (%s)", lang, path)
-                results[lang] = done
-                continue
         texts = load_texts(source, lang, n=n, seed=seed, tokenizer=tokenizer)
+        if path is not None and path.is_file():
+            done = HeadScores.load(path).validate(spec)
+            wanted = (mode, describe_source(source), len(texts), int(max_length))
+            have = (done.mode, done.source, done.num_texts, done.extra.get("max_length"))
+            if have != wanted:
+                raise LahisError(f"{path} already holds {lang} scores made with other settings (mode, source, texts, "
+                                 f"max_length = {have}, now {wanted}); use another output folder or overwrite it")
+            log.info("%s: already scored (%s)", lang, path)
+            results[lang] = done
+            continue
         ckpt = path.with_suffix(".ckpt.safetensors") if path is not None else None
         results[lang] = score_heads(model, tokenizer, texts, mode=mode, max_length=max_length, batch_size=batch_size,
                                     language=lang, source=describe_source(source), checkpoint=ckpt,

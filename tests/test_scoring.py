@@ -520,6 +520,24 @@ def test_score_languages_helper_saves_and_reuses(tok, tmp_path):
     assert set(res) == {"en", "hi"} and res["hi"].language == "hi"
     again = score_languages(model, tok, ["en"], n=2, max_length=16, out_dir=tmp_path, progress=False)
     assert torch.equal(again["en"].scores, res["en"].scores)
+    with pytest.raises(LahisError, match="other settings"):  # never silently reuse scores of other settings
+        score_languages(model, tok, ["en"], n=3, max_length=16, out_dir=tmp_path, progress=False)
+
+
+def test_gradient_checkpointing_gives_the_same_scores(tok):
+    model = tiny_model("llama")
+    from lahis_ctrl.introspect import output_projections
+
+    calls = []
+    hook = output_projections(model)[0].register_forward_hook(lambda *a: calls.append(1))
+    plain = score_heads(model, tok, TEXTS[:4], mode="fast", batch_size=2, progress=False, check_loss=False)
+    n_plain = len(calls)
+    ckpt = score_heads(model, tok, TEXTS[:4], mode="fast", batch_size=2, gradient_checkpointing=True, progress=False,
+                       check_loss=False)
+    hook.remove()
+    assert n_plain == 2 and len(calls) - n_plain == 4  # the layers really were recomputed in backward
+    torch.testing.assert_close(ckpt.scores, plain.scores, rtol=1e-5, atol=1e-7)
+    assert not model.training and not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 # ---------------------------------------------------------------------------- real model

@@ -188,6 +188,18 @@ def load_scores(paths: Union[str, Path, list]) -> dict:
     return out
 
 
+def format_classification(c: dict) -> str:
+    """Human-readable summary of a classify_heads result (heads written LxHy, scores in brackets)."""
+    lines = [f"rule: heads above the {c['q']} quantile per language; general = kept by >= {c['min_rep']} of "
+             f"{len(c['languages'])} languages",
+             "general: " + (", ".join(f"L{g['layer']}H{g['head']} ({'/'.join(g['languages'])})" for g in c["general"])
+                            or "none")]
+    for lang, d in c["per_language"].items():
+        spec = ", ".join(f"L{s['layer']}H{s['head']} ({s['score']:.3g})" for s in d["specific"]) or "none"
+        lines.append(f"{lang}: specific: {spec}")
+    return "\n".join(lines)
+
+
 def heads(scores: str, q: float = 0.96, min_rep: Optional[int] = None, out: Optional[Path] = None) -> None:
     """Classify heads as language-specific or language-general from several languages' score files.
 
@@ -201,12 +213,7 @@ def heads(scores: str, q: float = 0.96, min_rep: Optional[int] = None, out: Opti
     from .fileio import write_json
 
     c = classify_heads(load_scores(scores), q=q, min_rep=min_rep)
-    print(f"rule: top heads above the {q} quantile per language; general = kept by >= {c['min_rep']} of "
-          f"{len(c['languages'])} languages")
-    print("general: " + (", ".join(f"L{g['layer']}H{g['head']}" for g in c["general"]) or "none"))
-    for lang, d in c["per_language"].items():
-        spec = ", ".join(f"L{s['layer']}H{s['head']}({s['score']:.3g})" for s in d["specific"]) or "none"
-        print(f"{lang}: specific: {spec}")
+    print(format_classification(c))
     if out is not None:
         write_json(out, c)
         print(f"wrote {out}")

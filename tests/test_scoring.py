@@ -399,6 +399,10 @@ def test_classify_hand_made_matrices():
     assert [(s["layer"], s["head"]) for s in c["per_language"]["hi"]["specific"]] == [(3, 3)]
     assert [(k["layer"], k["head"]) for k in c["per_language"]["hi"]["kept"]] == [(3, 3), (0, 0)]
     json.dumps(c)  # JSON-able
+    from lahis_ctrl.heads import format_classification
+
+    text = format_classification(c)
+    assert "general: L0H0 (en/zh/hi)" in text and "en: specific: L1H1 (8)" in text
     c2 = classify_heads(scores, q=0.92, min_rep=2)
     assert c2["general"] == c["general"]
     c4 = classify_heads({**scores, "vi": _matrix({(1, 1): 9, (4, 4): 8})}, q=0.92, min_rep=2)

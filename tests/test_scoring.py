@@ -137,6 +137,15 @@ def test_bfloat16_mask_option_runs_like_the_reference(tok):
     torch.testing.assert_close(s.importance, f.importance, rtol=3e-2, atol=1e-3)  # bf16 accuracy, not exact
 
 
+@pytest.mark.parametrize("mode", ["fast", "faithful"])
+def test_bfloat16_model_scores_close_to_float32(tok, mode):
+    exact = score_heads(tiny_model("gemma3"), tok, TEXTS, mode=mode, progress=False)
+    bf16 = score_heads(tiny_model("gemma3", dtype=torch.bfloat16), tok, TEXTS, mode=mode, progress=False)
+    assert bf16.extra["dtype"] == "torch.bfloat16"
+    scale = exact.importance.abs().max()
+    assert (bf16.importance - exact.importance).abs().max() < 0.02 * scale
+
+
 def test_model_weights_and_grad_flags_are_untouched(tok):
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}

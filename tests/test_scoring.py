@@ -143,7 +143,7 @@ def test_bfloat16_model_scores_close_to_float32(tok, mode):
     bf16 = score_heads(tiny_model("gemma3", dtype=torch.bfloat16), tok, TEXTS[:4], mode=mode, progress=False)
     assert bf16.extra["dtype"] == "torch.bfloat16"
     scale = exact.importance.abs().max()
-    assert (bf16.importance - exact.importance).abs().max() < 0.02 * scale
+    assert (bf16.importance - exact.importance).abs().max() < 0.05 * scale  # bf16 has an 8-bit mantissa
 
 
 def test_model_weights_and_grad_flags_are_untouched(tok):

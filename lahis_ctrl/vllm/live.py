@@ -28,10 +28,10 @@ def _engine_config(llm):
 def _rpc(llm, method: str, *args):
     try:
         return llm.collective_rpc(method, args=args)
-    except NotImplementedError as exc:
-        raise LahisError(_NOT_LOADED) from exc
-    except Exception as exc:  # the worker's own error comes back wrapped; keep its message
-        if f"{method}" in str(exc) and "not implemented" in str(exc).lower():
+    except Exception as exc:
+        # vLLM answers an unknown worker method with "Method '<name>' is not implemented."; any other
+        # error (a worker's LahisError, a load format that cannot reload) keeps its own message
+        if repr(method) in str(exc) and "not implemented" in str(exc).lower():
             raise LahisError(_NOT_LOADED) from exc
         raise
 

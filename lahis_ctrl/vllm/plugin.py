@@ -19,7 +19,8 @@ worker). It wraps a few vLLM functions, once per process (calling it again is a 
 * `WorkerBase` gains `lahis_set_head_mask` / `lahis_mask_status`, which `set_head_mask(llm, mask)` calls
   through `collective_rpc` by name (no pickled callables, so VLLM_ALLOW_INSECURE_SERIALIZATION stays off).
 
-With no mask configured every wrapper returns after a dictionary lookup and an environment read.
+With no mask configured every wrapper returns after a dictionary lookup and an environment read, and
+register() itself takes milliseconds: the loader and worker patches wait until vLLM imports those modules.
 Where the mask comes from: `additional_config={"lahis_mask": PATH}` (vLLM's own config; CLI
 `--additional-config '{"lahis_mask": "PATH"}'`) or the environment variable LAHIS_MASK=PATH. If both are
 set they must name the same file.
@@ -31,12 +32,14 @@ import functools
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ARCH_ENV, CONFIG_KEY, MASK_ENV
 
-log = logging.getLogger("lahis_ctrl.vllm")
+# a child of vLLM's logger, so the messages appear in vLLM's own log output (every process)
+log = logging.getLogger("vllm.lahis_ctrl")
 
 _WRAPPED = "__lahis_ctrl_wrapped__"
 
@@ -343,20 +346,78 @@ def plugin_available() -> str | None:
     return None
 
 
-def register() -> None:
-    """Entry point of the `vllm.general_plugins` group; vLLM calls it in each of its processes."""
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.model_executor import model_loader as loaders
+class _AfterImport:
+    """A sys.meta_path finder that runs a patch right after a module's first import.
+
+    vLLM's model-loader package costs ~2 s to import, and processes that never load a model (the API
+    server's front end) never import it; patching it eagerly would make the plugin expensive there.
+    """
+
+    def __init__(self):
+        self.pending: dict[str, list] = {}
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:  # the finder that would have found it without us
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def run(module):
+            exec_module(module)
+            for patch in self.pending.pop(fullname, []):
+                patch(module)
+
+        loader.exec_module = run  # a fresh loader object per spec: nothing else is affected
+        return spec
+
+
+def _after_import(name: str, patch) -> None:
+    module = sys.modules.get(name)
+    if module is not None:
+        patch(module)
+        return
+    finder = next((f for f in sys.meta_path if isinstance(f, _AfterImport)), None)
+    if finder is None:
+        finder = _AfterImport()
+        sys.meta_path.insert(0, finder)
+    finder.pending.setdefault(name, []).append(patch)
+
+
+def _patch_loaders(package) -> None:
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
-    from vllm.v1.worker.worker_base import WorkerBase
 
-    _patch(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     _patch(DefaultModelLoader, "get_all_weights", _wrap_get_all_weights)
     # Every loader that overrides load_model gets the same guard (tensorizer, modelexpress, ...).
-    classes = {BaseModelLoader, *getattr(loaders, "_LOAD_FORMAT_TO_MODEL_LOADER", {}).values()}
-    for cls in classes:
+    for cls in {BaseModelLoader, *getattr(package, "_LOAD_FORMAT_TO_MODEL_LOADER", {}).values()}:
         _patch(cls, "load_model", _wrap_load_model)
-    if "lahis_set_head_mask" not in WorkerBase.__dict__:
-        WorkerBase.lahis_set_head_mask = lahis_set_head_mask
-        WorkerBase.lahis_mask_status = lahis_mask_status
+
+
+def _patch_worker(module) -> None:
+    worker_base = module.WorkerBase
+    if "lahis_set_head_mask" not in worker_base.__dict__:
+        worker_base.lahis_set_head_mask = lahis_set_head_mask
+        worker_base.lahis_mask_status = lahis_mask_status
+
+
+def register() -> None:
+    """Entry point of the `vllm.general_plugins` group; vLLM calls it in each of its processes.
+
+    Re-entrant and cheap: each wrapper is installed once per process, the loader and worker patches only
+    when vLLM imports those modules (at once if they are already imported).
+    """
+    from vllm.engine.arg_utils import EngineArgs  # already imported: vLLM loads plugins from there
+
+    _patch(EngineArgs, "create_engine_config", _wrap_create_engine_config)
+    _after_import("vllm.model_executor.model_loader", _patch_loaders)
+    _after_import("vllm.v1.worker.worker_base", _patch_worker)

@@ -43,9 +43,9 @@ def plot_heatmaps(scores_by_lang: Mapping[str, object], path) -> Path:
     cols = min(n, 5)
     rows = math.ceil(n / cols)
     layers, heads = next(iter(mats.values())).shape
-    w = max(2.2, min(6.0, 0.18 * heads + 1.2))
+    w = max(2.8, min(6.5, 0.18 * heads + 1.8))
     h = max(2.5, min(8.0, 0.16 * layers + 1.0))
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, constrained_layout=True)
     for ax, (lang, t) in zip(axes.flat, mats.items()):
         im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_title(lang)
@@ -112,6 +112,9 @@ def plot_layer_distribution(classification: dict, path) -> Path:
     ax.set_xlabel("layer")
     ax.set_ylabel("heads")
     ax.set_xticks(range(layers))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"language-specific heads per layer (q={classification['q']}, min_rep={classification['min_rep']})")
     ax.legend(fontsize="small", ncol=2)
     return _save(fig, path)

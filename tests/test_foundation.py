@@ -390,3 +390,27 @@ def test_cli_accepts_dashed_option_names():
     assert _underscore_options(["audit", "x.jsonl", "--max-off-target", "0.1", "--skip-bad=true", "--lang_field", "a-b"]) \
         == ["audit", "x.jsonl", "--max_off_target", "0.1", "--skip_bad=true", "--lang_field", "a-b"]
     assert _underscore_options(["eval", "--model-args", "x"]) == ["eval", "--model-args", "x"]  # lm_eval's own parser
+
+
+def test_atomic_writes_keep_old_file_on_error_and_use_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from lahis_ctrl.fileio import atomic_path, write_text
+
+    path = write_text(tmp_path / "report.md", "complete")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_current_umask()
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temp file left behind
+
+
+def _current_umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

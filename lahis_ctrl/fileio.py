@@ -40,5 +40,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file, with one-line errors naming the file (missing, or invalid JSON and where)."""
+    from .errors import LahisError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LahisError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LahisError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")

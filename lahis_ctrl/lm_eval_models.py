@@ -21,7 +21,6 @@ this module (see _lahis_register.py); importing it registers `lahis_hf` directly
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LahisError, require
+from .fileio import read_json
 
 require("lm_eval", "eval", "the lahis_hf lm-eval model type")
 
@@ -51,12 +51,7 @@ def parse_heads(heads, heads_lang: str | None = None) -> list[tuple[int, int]]:
     text = str(heads)
     path = Path(text)
     if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise LahisError(f"heads file not found: {path}")
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise LahisError(f"heads file {path} is not valid JSON: {exc}") from exc
+        obj = read_json(path, "heads file")
         if isinstance(obj, dict) and "per_language" in obj:  # `lahis heads --out` (heads.classify_heads)
             if heads_lang is None:
                 raise LahisError(f"heads file {path} classifies heads for {', '.join(obj['per_language'])}: "

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import torch
 
 from .errors import LahisError, MaskMismatchError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, read_json, write_json
 from .introspect import ModelSpec, describe
 
 FORMAT = "lahis-head-mask/1"
@@ -206,10 +206,7 @@ class HeadMask:
             facts = {k: json.loads(meta[k]) for k in _FACTS if k in meta}
             extra = json.loads(meta.get("extra", "{}"))
         elif path.suffix == ".json":
-            try:
-                obj = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise LahisError(f"{path} is not valid JSON: {exc}") from exc
+            obj = read_json(path, "head mask file")
             if not isinstance(obj, dict) or "mask" not in obj:
                 raise LahisError(f"{path} has no 'mask' field; is it a head mask?")
             values = torch.tensor(obj["mask"], dtype=torch.float32)

@@ -12,7 +12,6 @@ Sources, in order of precedence: an explicit `data_dir`; env `LAHIS_DATA_DIR`; t
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import LahisError
+from .fileio import read_json
 
 XQUAD_LANGS: tuple[str, ...] = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
 HUB_ID = "google/xquad"
@@ -56,14 +56,7 @@ def _flat_rows(squad: dict, source: str) -> list[dict]:
 
 def load_squad_file(path: str | os.PathLike) -> list[dict]:
     """Flat rows of one SQuAD-format JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LahisError(f"file not found: {path}")
-    try:
-        squad = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LahisError(f"{path} is not valid JSON: {exc}") from exc
-    return _flat_rows(squad, str(path))
+    return _flat_rows(read_json(path, "file"), str(path))
 
 
 def _local_file(lang: str, data_dir: Path) -> Path:

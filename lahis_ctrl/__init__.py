@@ -6,7 +6,7 @@ The public names below are imported lazily, so `import lahis_ctrl` does not impo
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -39,19 +39,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lahis_ctrl' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, ["__version__"])
 
 
 # `import lahis_ctrl` registers the lm-eval model types lahis_hf / lahis_vllm (a stdlib-only import hook that acts

@@ -16,7 +16,7 @@ Importing this package does not import vLLM or torch; only the functions that ne
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 MASK_ENV = "LAHIS_MASK"  # path of the mask every vLLM process started from this environment applies
 CONFIG_KEY = "lahis_mask"  # key in vLLM's additional_config
@@ -29,16 +29,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["MASK_ENV", "CONFIG_KEY", "ARCH_ENV"]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lahis_ctrl.vllm' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, ["MASK_ENV", "CONFIG_KEY", "ARCH_ENV"])

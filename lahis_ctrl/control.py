@@ -24,20 +24,25 @@ def _feature_scales(row: torch.Tensor, head_dim: int) -> torch.Tensor:
     return row.repeat_interleave(head_dim)
 
 
-def _hook_for(scale_fn: Callable[[torch.Tensor], torch.Tensor]):
+def _hook_for(transform: Callable[[torch.Tensor], torch.Tensor]):
+    """A forward pre-hook that replaces the o_proj input x by transform(x)."""
+
     def pre_hook(module, args, kwargs):
         # x: [batch, pos, num_heads * head_dim] (or [tokens, num_heads * head_dim] when flattened)
         if args:
-            x = args[0]
-            return (x * scale_fn(x),) + tuple(args[1:]), kwargs
-        x = kwargs["input"]
-        return args, {**kwargs, "input": x * scale_fn(x)}
+            return (transform(args[0]),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "input": transform(kwargs["input"])}
 
     return pre_hook
 
 
+def _scaled_by(scale_fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: x * scale_fn(x)
+
+
 @contextlib.contextmanager
-def _installed(modules_and_fns) -> Iterator[None]:
+def installed_input_transforms(modules_and_fns) -> Iterator[None]:
+    """Replace each module's input x by fn(x) while the context is open; hooks always removed on exit."""
     handles = []
     try:
         for module, fn in modules_and_fns:
@@ -73,8 +78,8 @@ def apply_head_mask(model, mask, arch=None) -> Iterator[HeadMask]:
                 vec = cache[key] = full.to(device=x.device, dtype=x.dtype)
             return vec
 
-        entries.append((module, scale_fn))
-    with _installed(entries):
+        entries.append((module, _scaled_by(scale_fn)))
+    with installed_input_transforms(entries):
         yield mask
 
 
@@ -93,8 +98,8 @@ def scale_heads(model, scales: torch.Tensor, spec: ModelSpec | None = None) -> I
         def scale_fn(x, layer=layer):
             return _feature_scales(scales[layer].to(device=x.device, dtype=x.dtype), spec.head_dim)
 
-        entries.append((module, scale_fn))
-    with _installed(entries):
+        entries.append((module, _scaled_by(scale_fn)))
+    with installed_input_transforms(entries):
         yield spec
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import LahisError, MaskMismatchError
+from .control import installed_input_transforms
 from .fileio import atomic_path
 from .introspect import ModelSpec, describe, output_projections, text_config
 
@@ -381,27 +382,19 @@ def _row_scales(model, spec: ModelSpec, scales: torch.Tensor) -> Iterator[None]:
     The product is taken in float32 so the per-position sum behind the gradient is accumulated in float32
     even for bf16 models.
     """
-    handles = []
-
-    def make(layer: int):
-        def pre_hook(module, args, kwargs):
-            x = args[0] if args else kwargs["input"]
+    def scaled(layer: int):
+        def transform(x: torch.Tensor) -> torch.Tensor:
             if x.dim() != 3 or x.shape[0] != scales.shape[0]:
                 raise LahisError(f"fast scoring expects [batch, pos, features] o_proj inputs; got {tuple(x.shape)}")
             # scales[:, layer]: [batch, heads] -> [batch, 1, heads * head_dim], head h owns its head_dim features
             s = scales[:, layer].to(x.device).repeat_interleave(spec.head_dim, dim=-1)[:, None, :]
-            y = (x.float() * s).to(x.dtype)
-            return ((y,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": y})
+            return (x.float() * s).to(x.dtype)
 
-        return pre_hook
+        return transform
 
-    try:
-        for layer, module in enumerate(output_projections(model, spec)):
-            handles.append(module.register_forward_pre_hook(make(layer), with_kwargs=True))
+    with installed_input_transforms([(module, scaled(layer))
+                                     for layer, module in enumerate(output_projections(model, spec))]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def per_text_gradients(model, tokenizer_or_ids, texts=None, max_length: int = 2048, batch_size: int = 8,

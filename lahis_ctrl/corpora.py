@@ -3,6 +3,8 @@
 `load_texts(source, lang, n, seed)`:
   * "wikipedia": the hub dataset `wikimedia/wikipedia`, config `20231101.<lang>`, streamed; the first n
     articles, shuffled with `seed` (as the reference does). Needs the hub.
+  * "ntrex": NTREX-128 news sentences (github.com/MicrosoftTranslator/NTREX, downloaded) joined into
+    passages of about `passage_tokens` tokens, as for a local NTREX directory below;
   * "embedded": short passages written for lahis_ctrl and shipped in the package
     (lahis_ctrl/data/passages/<lang>.txt), so the demo needs no data at all. See EMBEDDED_LANGUAGES.
   * a local path (a '{lang}' in it is replaced by the language):
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from importlib import resources
@@ -30,6 +33,13 @@ DEFAULT_WIKIPEDIA_N = 1000
 
 # Languages of the embedded sample (lahis_ctrl/data/passages/<code>.txt).
 EMBEDDED_LANGUAGES: tuple[str, ...] = ("en", "de", "es", "fr", "pt", "it", "hi", "zh", "vi", "ru", "ja", "ar")
+
+# NTREX-128 file codes (github.com/MicrosoftTranslator/NTREX, NTREX-128/newstest2019-ref.<code>.txt)
+NTREX_CODES = {"en": "eng-US", "ar": "arb", "de": "deu", "el": "ell", "es": "spa", "hi": "hin", "ro": "ron",
+               "ru": "rus", "th": "tha", "tr": "tur", "vi": "vie", "zh": "zho-CN", "fr": "fra", "it": "ita",
+               "ja": "jpn", "ko": "kor", "nl": "nld", "pl": "pol", "pt": "por", "uk": "ukr", "fa": "fas",
+               "he": "heb", "id": "ind", "bn": "ben", "sw": "swa"}
+NTREX_URL = "https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/main/NTREX-128/newstest2019-ref.{code}.txt"
 
 _LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
@@ -146,6 +156,9 @@ def check_source(source: str, lang: str) -> None:
                              "Use source='wikipedia' or a local file for other languages.")
     elif src == "wikipedia" or src.startswith("wikipedia:"):
         return
+    elif src == "ntrex":
+        if lang not in NTREX_CODES:
+            raise LahisError(f"no NTREX-128 text for language '{lang}'; NTREX languages here: {' '.join(sorted(NTREX_CODES))}")
     else:
         _local_file(src, lang)
 
@@ -155,7 +168,7 @@ def load_texts(source: str, lang: str, n: Optional[int] = None, seed: Optional[i
     """Texts of language `lang` from `source` (see the module docstring), the first n shuffled with `seed`.
 
     Args:
-        source: "wikipedia", "wikipedia:<date>" (another dump date), "embedded", or a local path.
+        source: "wikipedia", "wikipedia:<date>" (another dump date), "ntrex", "embedded", or a local path.
         lang: language code (en, zh, hi, ...).
         n: number of texts (default: all local texts; 1000 Wikipedia articles).
         seed: shuffling seed (None keeps the source's order).
@@ -173,6 +186,8 @@ def load_texts(source: str, lang: str, n: Optional[int] = None, seed: Optional[i
     elif src == "wikipedia" or src.startswith("wikipedia:"):
         date = src.split(":", 1)[1] if ":" in src else WIKIPEDIA_DATE
         texts = load_wikipedia(lang, n or DEFAULT_WIKIPEDIA_N, date=date, text_field=text_field)
+    elif src == "ntrex":
+        texts = join_lines(ntrex_lines(lang), passage_tokens, tokenizer)
     else:
         path = _local_file(src, lang)
         if path.suffix == ".jsonl":
@@ -206,3 +221,27 @@ def load_wikipedia(lang: str, n: int = DEFAULT_WIKIPEDIA_N, date: str = WIKIPEDI
         raise LahisError(f"could not stream {WIKIPEDIA_DATASET} config '{config}' from the hub ({exc}). Check the "
                          "language code and your connection, or pass a local .txt/.jsonl file as the source.") from exc
     return texts
+
+
+def ntrex_lines(lang: str, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The 1997 NTREX-128 news sentences of `lang`: from `data_dir` (ntrex128/<lang>.txt, <lang>.txt or the
+    upstream file name) or downloaded from the NTREX GitHub repository."""
+    if lang not in NTREX_CODES:
+        raise LahisError(f"unknown NTREX-128 language '{lang}': use one of {' '.join(sorted(NTREX_CODES))}")
+    if data_dir is not None:
+        base = Path(data_dir)
+        for path in (base / "ntrex128" / f"{lang}.txt", base / f"{lang}.txt",
+                     base / f"newstest2019-ref.{NTREX_CODES[lang]}.txt"):
+            if path.is_file():
+                return path.read_text(encoding="utf-8").splitlines()
+        raise LahisError(f"no NTREX-128 file for '{lang}' in {base}: expected ntrex128/{lang}.txt, {lang}.txt "
+                         f"or newstest2019-ref.{NTREX_CODES[lang]}.txt (one sentence a line)")
+    try:
+        from datasets import load_dataset
+
+        url = NTREX_URL.format(code=NTREX_CODES[lang])
+        ds = load_dataset("text", data_files={"test": url}, split="test")
+    except Exception as exc:
+        raise LahisError(f"could not download NTREX-128 ({lang}) from GitHub ({type(exc).__name__}: {exc}); "
+                         "set data_dir / LAHIS_DATA_DIR to a directory of <lang>.txt files") from exc
+    return list(ds["text"])

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .corpora import NTREX_CODES, ntrex_lines  # noqa: F401  (one NTREX-128 reader for corpora and tasks)
 from .errors import LahisError
 
 NAN = float("nan")
@@ -29,12 +30,6 @@ NAN = float("nan")
 LID_KEYS = ("lid_backend", "lid_model", "lid_min_confidence", "lid_min_chars")
 
 NTREX_LANGS = ("ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
-# NTREX-128 file codes (github.com/MicrosoftTranslator/NTREX, NTREX-128/newstest2019-ref.<code>.txt)
-NTREX_CODES = {"en": "eng-US", "ar": "arb", "de": "deu", "el": "ell", "es": "spa", "hi": "hin", "ro": "ron",
-               "ru": "rus", "th": "tha", "tr": "tur", "vi": "vie", "zh": "zho-CN", "fr": "fra", "it": "ita",
-               "ja": "jpn", "ko": "kor", "nl": "nld", "pl": "pol", "pt": "por", "uk": "ukr", "fa": "fas",
-               "he": "heb", "id": "ind", "bn": "ben", "sw": "swa"}
-NTREX_URL = "https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/main/NTREX-128/newstest2019-ref.{code}.txt"
 # English names for the translation prompt (lm-eval's translation tasks: "<src> phrase: ...\n<tgt> phrase:")
 LANG_NAMES = {"ar": "Arabic", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "hi": "Hindi",
               "ro": "Romanian", "ru": "Russian", "th": "Thai", "tr": "Turkish", "vi": "Vietnamese", "zh": "Chinese",
@@ -105,33 +100,11 @@ def xquad_xling(lang: str, context_lang: str = "en", split: str = "validation", 
     return _dataset_dict(split, rows)
 
 
-def _ntrex_lines(lang: str, data_dir: str | None) -> list[str]:
-    if lang not in NTREX_CODES:
-        raise LahisError(f"unknown NTREX-128 language '{lang}': use one of {' '.join(sorted(NTREX_CODES))}")
-    if data_dir is not None:
-        base = Path(data_dir)
-        for path in (base / "ntrex128" / f"{lang}.txt", base / f"{lang}.txt",
-                     base / f"newstest2019-ref.{NTREX_CODES[lang]}.txt"):
-            if path.is_file():
-                return path.read_text(encoding="utf-8").splitlines()
-        raise LahisError(f"no NTREX-128 file for '{lang}' in {base}: expected ntrex128/{lang}.txt, {lang}.txt "
-                         f"or newstest2019-ref.{NTREX_CODES[lang]}.txt (one sentence a line)")
-    try:
-        from datasets import load_dataset
-
-        url = NTREX_URL.format(code=NTREX_CODES[lang])
-        ds = load_dataset("text", data_files={"test": url}, split="test")
-    except Exception as exc:
-        raise LahisError(f"could not download NTREX-128 ({lang}) from GitHub ({type(exc).__name__}: {exc}); "
-                         "set data_dir / LAHIS_DATA_DIR to a directory of <lang>.txt files") from exc
-    return list(ds["text"])
-
-
 def ntrex(lang: str, source_lang: str = "en", start: int | None = None, end: int | None = None,
           **metadata: Any):
     """NTREX-128 sentence pairs source_lang -> lang (1997 news sentences) as DatasetDict({'test': ...})."""
     data_dir = _data_dir(metadata)
-    src, ref = _ntrex_lines(source_lang, data_dir), _ntrex_lines(lang, data_dir)
+    src, ref = ntrex_lines(source_lang, data_dir), ntrex_lines(lang, data_dir)
     if len(src) != len(ref):
         raise LahisError(f"NTREX-128 files are not parallel: {len(src)} {source_lang} lines vs {len(ref)} {lang} lines")
     lid = _lid_fields(metadata)

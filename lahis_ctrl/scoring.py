@@ -639,7 +639,7 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
 
 def describe_source(source) -> str:
     s = str(source)
-    return s if s in ("embedded", "wikipedia") or s.startswith("wikipedia:") else f"file:{s}"
+    return s if s in ("embedded", "wikipedia", "ntrex") or s.startswith("wikipedia:") else f"file:{s}"
 
 
 # ====================================================================== CLI

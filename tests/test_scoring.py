@@ -582,3 +582,23 @@ def test_gemma_zeroing_top_heads_hurts_their_language_more_than_random(gemma, sh
           f"(mean {rand_mean:.2f}); mean per-text ppl base {base['mean_text_ppl']:.2f} top {top['mean_text_ppl']:.2f}")
     assert top["corpus_ppl"] > base["corpus_ppl"]
     assert top["corpus_ppl"] > rand_mean
+
+
+def test_ntrex_source_downloads_the_named_file_and_joins_passages(monkeypatch, tok):
+    """source='ntrex' reads NTREX-128 from its GitHub URL (the hub-free default of `lahis reproduce`)."""
+    import datasets
+
+    from lahis_ctrl.corpora import NTREX_URL, check_source, load_texts
+
+    seen = []
+
+    def fake_load_dataset(kind, data_files, split):
+        seen.append(data_files["test"])
+        return {"text": [f"Satz Nummer {i} über das Wetter." for i in range(40)]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    texts = load_texts("ntrex", "de", seed=None, tokenizer=tok, passage_tokens=32)
+    assert seen == [NTREX_URL.format(code="deu")]
+    assert len(texts) > 1 and texts[0].startswith("Satz Nummer 0 über das Wetter. Satz Nummer 1")
+    with pytest.raises(LahisError, match="no NTREX-128 text for language 'xx'"):
+        check_source("ntrex", "xx")

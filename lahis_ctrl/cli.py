@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "plot": "lahis_ctrl.plots:plot",
     "ppl": "lahis_ctrl.ppl:ppl",
     "audit": "lahis_ctrl.audit:audit",
+    "reproduce": "lahis_ctrl.reproduce:reproduce",
 }
 
 

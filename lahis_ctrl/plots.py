@@ -120,6 +120,29 @@ def plot_layer_distribution(classification: dict, path) -> Path:
     return _save(fig, path)
 
 
+def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str, ylabel: str) -> Path:
+    """Grouped bars: one group per key of `data` (e.g. a language), one bar per series inside it (e.g. a mask).
+
+    Series are coloured consistently across groups; a series missing from a group leaves a gap.
+    """
+    groups = list(data)
+    if not groups:
+        raise LahisError(f"nothing to plot for {path}: no groups")
+    series = list(dict.fromkeys(name for g in groups for name in data[g]))
+    plt = _plt()
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * max(1, len(series)) * 0.45 + 2), 3.8))
+    for i, name in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [data[g].get(name, float("nan")) for g in groups]
+        ax.bar(xs, ys, width=width, label=name)
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=min(3, len(series)))
+    return _save(fig, path)
+
+
 def plot_ppl_cross(result: dict, path, metric: str = "corpus_ppl") -> Path:
     """Heatmap of perplexity relative to the unmasked model: rows = text language, columns = zeroed heads."""
     xs, ys = result["languages"], result["masked_languages"]

@@ -31,6 +31,8 @@ _EXPORTS = {
     "LahisHFLM": "lm_eval_models", "tasks_dir": "lm_eval_cli",
     # soft head masks on QA (XQuAD) and their evaluation
     "train_mask": "train_mask", "evaluate_masks": "evaluate", "load_xquad": "xquad", "XQUAD_LANGS": "xquad",
+    # the paper's experiments end to end (`lahis reproduce`) and the attention-transfer probe
+    "reproduce": "reproduce", "alice_probe": "transfer",
     # errors
     "LahisError": "errors", "MaskMismatchError": "errors", "UnknownArchitectureError": "errors",
     "MissingDependencyError": "errors",

@@ -695,11 +695,11 @@ def render_report(results: dict, tables: dict, plots_made: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_section(results: dict, plot_rel: Optional[str]) -> str:
-    """The short results section for a README (headline numbers, one plot, the findings)."""
+def readme_section(results: dict, report_rel: str, plot_rel: Optional[str]) -> str:
+    """The short results section for a README (headline numbers, the findings, one plot)."""
     m = results["model"]
     lines = [README_START, f"Produced by `lahis reproduce` on {m['name']} ({m['layers']}x{m['heads']} heads; "
-             f"lahis-ctrl {results['version']}; see `{results['config']['out']}/report.md` for every table).", ""]
+             f"lahis-ctrl {results['version']}); every table and plot: [{report_rel}]({report_rel}).", ""]
     if results.get("xquad"):
         means = {n: _mean(r["summary"][n]["accuracy"] for r in results["xquad"].values())
                  for n in ("original", "random", "lahis")}
@@ -713,6 +713,20 @@ def readme_section(results: dict, plot_rel: Optional[str]) -> str:
         lines += ["", f"![ppl-cross matrix]({plot_rel})"]
     lines.append(README_END)
     return "\n".join(lines)
+
+
+def publish(out: Path, readme: Path, name: str) -> Path:
+    """Copy the report (report.md, results.json, config.yaml, plots/) to docs/reproduce/<name>/ beside
+    `readme`, so a README can link to it from version control (the work files stay in `out`)."""
+    dest = readme.parent / "docs" / "reproduce" / name
+    if dest.resolve() == out.resolve():
+        return dest
+    (dest / "plots").mkdir(parents=True, exist_ok=True)
+    for rel in ("report.md", "results.json", "config.yaml"):
+        shutil.copyfile(out / rel, dest / rel)
+    for png in (out / "plots").glob("*.png"):
+        shutil.copyfile(png, dest / "plots" / png.name)
+    return dest
 
 
 def update_readme(readme: Path, section: str) -> None:
@@ -789,7 +803,7 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
         off_target: step 4 settings.
         transfer: step 5 settings.
         readme: also write the short results section into this README (between the reproduce markers) and
-            copy the headline plot next to it under docs/reproduce/.
+            copy the report (without the work files) to docs/reproduce/<model name>/ beside it.
     """
     import lahis_ctrl
 
@@ -847,13 +861,11 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     write_text(out / "report.md", render_report(results, _tables(results), plots_made))
     if readme is not None:
         readme = Path(readme)
-        rel = None
-        if "ppl_cross" in plots_made:
-            img = readme.parent / "docs" / "reproduce" / f"{Path(model).name}-ppl_cross.png"
-            img.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(out / plots_made["ppl_cross"], img)
-            rel = str(img.relative_to(readme.parent))
-        update_readme(readme, readme_section(results, rel))
+        dest = publish(out, readme, Path(model).name)
+        rel = lambda p: str(p.resolve().relative_to(readme.parent.resolve()))  # noqa: E731
+        plot = rel(dest / plots_made["ppl_cross"]) if "ppl_cross" in plots_made else None
+        update_readme(readme, readme_section(results, rel(dest / "report.md"), plot))
+        print(f"   README section written to {readme}; report copied to {dest}")
     for f in results["findings"]:
         print(f"   {_verdict(f['holds'], readme=True)}: {f['claim']} - {f['evidence']}")
     ran = sum(1 for s in run.log if not s["skipped"])

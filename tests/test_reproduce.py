@@ -88,7 +88,10 @@ def test_smoke_run_writes_every_table_and_plot_and_a_rerun_skips_every_step(tiny
     text = readme.read_text()
     assert text.startswith("# project\n\nintro\n\n## Results\n\n" + README_START) and text.endswith(README_END + "\n\n## More\n")
     assert "STALE SECTION" not in text and "XQuAD accuracy, mean of de, es" in text
-    assert (tmp_path / "docs" / "reproduce" / "model-ppl_cross.png").is_file()
+    published = tmp_path / "docs" / "reproduce" / "model"
+    assert "](docs/reproduce/model/report.md)" in text and "](docs/reproduce/model/plots/ppl_cross.png)" in text
+    assert (published / "report.md").read_text() == report and (published / "plots" / "ppl_cross.png").is_file()
+    assert not (published / "work").exists()
 
     # a rerun recomputes nothing: no step file is rewritten and the model is never loaded
     before = _step_files(out)

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= demo,eval,test
 
-.PHONY: setup demo test test-fast test-vllm clean
+.PHONY: setup demo reproduce test test-fast test-vllm clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(VENV)/.installed
 ## main job on the embedded default (Gemma 3 270M from PyPI; no data or hub needed)
 demo: setup
 	$(VENV)/bin/lahis demo
+
+## the paper's experiments on Gemma 3 270M as a report folder (~1 h on 2 CPU cores; rerun to resume)
+reproduce: setup
+	$(VENV)/bin/lahis reproduce --config configs/reproduce-gemma-3-270m.yaml --data $(DATA) $(REPRODUCE_ARGS)
 
 ## the whole test suite: tiny-model invariants, slow tests on the real Gemma 3 270M, then the vLLM tests in
 ## their own venv (see test-vllm); offline data from ../shared/data

@@ -535,18 +535,26 @@ def findings(results: dict) -> list[dict]:
     if ot:
         tasks = sorted({t for per in ot.values() for r in per.values() for t in r["tasks"]})
         for t in tasks:
-            rate = {name: _mean(per[name]["tasks"][t]["metrics"].get("off_target_rate") for per in ot.values()
-                                if name in per and t in per[name]["tasks"]) for name in INTERVENTION_LABELS}
+            def rate(per: dict, name: str):
+                return per[name]["tasks"][t]["metrics"].get("off_target_rate") if t in per[name]["tasks"] else None
+
             for name, claim in (("zero_source", "zeroing the source language's heads lowers the off-target rate"),
                                 ("scale_target", "scaling the target language's heads up lowers the off-target rate")):
-                ctrl = rate["zero_random"]
-                if rate["none"] is None or rate[name] is None:  # no output's language could be decided
+                # compare only languages where both runs had outputs whose language could be decided: a mean
+                # over different sets of languages would compare languages, not interventions
+                langs = [l for l, per in ot.items() if rate(per, "none") is not None and rate(per, name) is not None]
+                if not langs:
                     out.append({"claim": f"{t}: {claim}", "holds": None,
-                                "evidence": "no output's language could be decided (see undetermined %)"})
+                                "evidence": "no language had decided outputs both with and without it (see undetermined %)"})
                     continue
-                out.append({"claim": f"{t}: {claim}", "holds": rate[name] < rate["none"],
-                            "evidence": f"mean off-target {100 * rate['none']:.1f}% -> {100 * rate[name]:.1f}% "
-                                        f"(zero random heads: {'n/a' if ctrl is None else f'{100 * ctrl:.1f}%'})"})
+                before = _mean(rate(ot[l], "none") for l in langs)
+                after = _mean(rate(ot[l], name) for l in langs)
+                ctrl_langs = [l for l in langs if rate(ot[l], "zero_random") is not None]
+                ctrl = (f"zero random heads on the same languages: {100 * _mean(rate(ot[l], 'none') for l in ctrl_langs):.1f}% -> "
+                        f"{100 * _mean(rate(ot[l], 'zero_random') for l in ctrl_langs):.1f}%" if ctrl_langs else "no random control")
+                out.append({"claim": f"{t}: {claim}", "holds": after < before,
+                            "evidence": f"mean off-target {100 * before:.1f}% -> {100 * after:.1f}% over {', '.join(langs)} "
+                                        f"({ctrl})"})
     tr = results.get("transfer")
     if tr:
         for pair, r in tr.items():

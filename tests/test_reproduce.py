@@ -196,6 +196,12 @@ def test_findings_follow_the_numbers():
     f = findings({"off_target": {"de": ot({"none": None, "zero_source": None, "scale_target": 0.5,
                                            "zero_target": None, "zero_random": None})}})
     assert [x["holds"] for x in f] == [None, None]
+    # languages without decided outputs in one of the two runs are left out of both means
+    two = {"de": ot({"none": 0.5, "zero_source": 0.6, "scale_target": 0.4, "zero_target": 0.5, "zero_random": 0.5}),
+           "es": ot({"none": None, "zero_source": 0.0, "scale_target": 0.0, "zero_target": 0.5, "zero_random": 0.5})}
+    f = findings({"off_target": two})
+    assert [x["holds"] for x in f] == [False, True]
+    assert "50.0% -> 60.0% over de (" in f[0]["evidence"]
 
     def probe(lo):
         names = ["none", "x3 de heads", "zero es heads", "x3 random heads", "zero random heads"]

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .corpora import NTREX_CODES, ntrex_lines  # noqa: F401  (one NTREX-128 reader for corpora and tasks)
+from .corpora import ntrex_lines  # one NTREX-128 reader for corpora and tasks
 from .errors import LahisError
 
 NAN = float("nan")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from lahis_ctrl.errors import LahisError
 from lahis_ctrl.reproduce import README_END, README_START, findings, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,13 +21,11 @@ paper's claims against the numbers, so what does not hold on this model says so.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -264,18 +262,6 @@ def _scores_step(run: _Run, s: ScoringSettings, source: str, seed: int) -> dict:
     return run.step("scores", key, compute, still_valid=files_exist) | {"fingerprint": _fingerprint(key)}
 
 
-def _load_scores(result: dict) -> dict:
-    from .scoring import HeadScores
-
-    out = {}
-    for lang, path in result["files"].items():
-        if not Path(path).is_file():
-            raise LahisError(f"the score file {path} of an earlier run is gone; rerun with --force or delete "
-                             f"{Path(path).parents[1] / 'steps' / 'scores.json'}")
-        out[lang] = HeadScores.load(path)
-    return out
-
-
 def _specific(scores: dict, lang: str, k: int, s: ScoringSettings) -> list[tuple[int, int]]:
     from .heads import top_specific_heads
 
@@ -285,7 +271,8 @@ def _specific(scores: dict, lang: str, k: int, s: ScoringSettings) -> list[tuple
 
 
 # ====================================================================== 2. ppl
-def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores_res: dict, seed: int) -> dict:
+def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores: dict, scores_fp: str,
+              seed: int) -> dict:
     from .corpora import load_texts
     from .ppl import ppl_cross
 
@@ -293,7 +280,6 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
     per_x = {}
     for x in xs:
         def compute(x=x) -> dict:
-            scores = _load_scores(scores_res)
             passages = load_texts(source, x, n=None, seed=None, tokenizer=run.tok, passage_tokens=p.max_length)
             held_out = passages[s.texts:s.texts + p.texts]  # the scored passages are the first s.texts
             if not held_out:
@@ -303,7 +289,7 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
                              seed=seed, q=s.q, min_rep=s.min_rep, max_length=p.max_length,
                              batch_size=p.batch_size, progress=True)
 
-        key = {"scores": scores_res["fingerprint"], "settings": dataclasses.asdict(p), "x": x, "seed": seed}
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(p), "x": x, "seed": seed}
         per_x[x] = run.step(f"ppl-{x}", key, compute)
     # merge the per-language rows into one ppl_cross result (the random draws are the same in every row)
     first = per_x[xs[0]]
@@ -316,8 +302,8 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
 
 
 # ====================================================================== 3. xquad
-def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores_res: dict, data: Optional[str],
-                seed: int) -> dict:
+def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, scores_fp: str,
+                data: Optional[str], seed: int) -> dict:
     from .evaluate import evaluate_masks
     from .mask import HeadMask
     from .train_mask import train_mask
@@ -328,7 +314,6 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores_res: di
         check_lang(lang, XQUAD_LANGS)
 
         def compute(lang=lang) -> dict:
-            scores = _load_scores(scores_res)
             if lang not in scores:
                 raise LahisError(f"xquad language '{lang}' has no LAHIS scores: add it to scoring.languages")
             spec = run.spec
@@ -356,7 +341,7 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores_res: di
             return {"summary": report.summary, "heads": heads, "n_heads": n, "train_items": len(train),
                     "test_items": len(test), "test_ids": [test[0].get("id"), test[-1].get("id")]}
 
-        key = {"scores": scores_res["fingerprint"], "settings": dataclasses.asdict(xs), "lang": lang, "seed": seed,
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(xs), "lang": lang, "seed": seed,
                "data": data}
         results[lang] = run.step(f"xquad-{lang}", key, compute)
     return results
@@ -365,6 +350,10 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores_res: di
 # ====================================================================== 4. off-target
 INTERVENTION_LABELS = {"none": "no intervention", "zero_source": "zero {src} heads", "scale_target": "x{scale} {tgt} heads",
                        "zero_target": "zero {tgt} heads", "zero_random": "zero random heads"}
+
+
+PLOT_LABELS = {"none": "none", "zero_source": "zero source heads", "scale_target": "scale target heads up",
+               "zero_target": "zero target heads", "zero_random": "zero random heads"}
 
 
 def off_target_interventions(spec, scores: dict, target: str, source_lang: str, k: int, scale_up: float,
@@ -385,22 +374,6 @@ def off_target_interventions(spec, scores: dict, target: str, source_lang: str, 
             for name, m in made.items()}
 
 
-@contextlib.contextmanager
-def _env(**values: Optional[str]):
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is not None:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _lm_eval_metrics(results: dict, task: str) -> dict:
     out = {}
     for k, v in results["results"][task].items():
@@ -410,8 +383,8 @@ def _lm_eval_metrics(results: dict, task: str) -> dict:
     return out
 
 
-def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores_res: dict, data: Optional[str],
-                     seed: int) -> dict:
+def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores: dict, scores_fp: str,
+                     data: Optional[str], seed: int) -> dict:
     from tqdm.auto import tqdm
 
     from .errors import require
@@ -432,19 +405,18 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
             from .lm_eval_cli import tasks_dir
             from .lm_eval_models import LahisHFLM
 
-            scores = _load_scores(scores_res)
             spec = run.spec
             k = _one_percent(spec, o.heads)
             label, mask = off_target_interventions(spec, scores, target, o.source_lang, k, o.scale_up, s, seed)[name]
             if task_manager is None:  # only this package's tasks: indexing lm-eval's ~15k YAMLs takes ~15 s
-                task_manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False)
+                task_manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
+                                           metadata={"data_dir": str(data)} if data else None)
             tasks = [f"{t}_{target}" for t in o.tasks]
             lm = LahisHFLM(pretrained=run.model, tokenizer=run.tok, batch_size=o.batch_size, mask=mask)
             try:
-                with _env(LAHIS_DATA_DIR=str(data) if data else None):
-                    res = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=o.limit,
-                                                  gen_kwargs=f"max_gen_toks={o.max_gen_toks}", bootstrap_iters=0,
-                                                  log_samples=True, task_manager=task_manager)
+                res = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=o.limit,
+                                              gen_kwargs=f"max_gen_toks={o.max_gen_toks}", bootstrap_iters=0,
+                                              log_samples=True, task_manager=task_manager)
             finally:
                 lm.remove_mask()  # the fold is undone: the next intervention starts from the original weights
             out = {"label": label, "heads": [] if mask is None else [[l, h, float(mask.values[l, h])]
@@ -455,7 +427,7 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
                                    "outputs": [x["resps"][0][0] for x in res["samples"][task]]}
             return out
 
-        key = {"scores": scores_res["fingerprint"], "settings": dataclasses.asdict(o), "target": target,
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(o), "target": target,
                "intervention": name, "seed": seed, "data": data}
         results.setdefault(target, {})[name] = run.step(f"off_target-{target}-{name}", key, compute)
     bar.close()
@@ -463,7 +435,8 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
 
 
 # ====================================================================== 5. transfer
-def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores_res: dict, seed: int) -> dict:
+def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: dict, scores_fp: str,
+                   seed: int) -> dict:
     results = {}
     for l1, l2 in tr.pairs:  # checked by _check_languages
 
@@ -472,7 +445,6 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores_r
             from .ppl import random_heads
             from .transfer import alice_probe
 
-            scores = _load_scores(scores_res)
             spec = run.spec
             k = _one_percent(spec, tr.heads)
             rng = random.Random(f"{seed}-{l1}-{l2}")
@@ -487,12 +459,17 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores_r
             return alice_probe(run.model, run.tok, l1, l2, interventions, n=tr.items, seed=seed,
                                batch_size=tr.batch_size, progress=True)
 
-        key = {"scores": scores_res["fingerprint"], "settings": dataclasses.asdict(tr), "pair": [l1, l2], "seed": seed}
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(tr), "pair": [l1, l2], "seed": seed}
         results[f"{l1}-{l2}"] = run.step(f"transfer-{l1}-{l2}", key, compute)
     return results
 
 
 # ====================================================================== findings, tables, plots
+def _task_families(ot: dict) -> list[str]:
+    """The task families (xquad_xling, ntrex_en) present in off-target results {lang: {intervention: ...}}."""
+    return sorted({t for per in ot.values() for r in per.values() for t in r["tasks"]})
+
+
 def _mean(xs) -> Optional[float]:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return sum(xs) / len(xs) if xs else None
@@ -527,7 +504,7 @@ def findings(results: dict) -> list[dict]:
                                 + ", ".join(f"{l} {100 * d_rand[l]:+.1f}" for l in xq) + ")"})
     ot = results.get("off_target")
     if ot:
-        tasks = sorted({t for per in ot.values() for r in per.values() for t in r["tasks"]})
+        tasks = _task_families(ot)
         for t in tasks:
             def rate(per: dict, name: str):
                 return per[name]["tasks"][t]["metrics"].get("off_target_rate") if t in per[name]["tasks"] else None
@@ -615,7 +592,7 @@ def _tables(results: dict) -> dict[str, str]:
                       + "\n".join(lines))
     if results.get("off_target"):
         ot = results["off_target"]
-        tasks = sorted({t2 for per in ot.values() for r in per.values() for t2 in r["tasks"]})
+        tasks = _task_families(ot)
         blocks = []
         for task in tasks:
             main = "contains" if task == "xquad_xling" else "chrf"
@@ -654,13 +631,15 @@ def _plots(results: dict, out: Path, scores: Optional[dict]) -> dict[str, str]:
         made["xquad"] = plots.plot_grouped_bars(data, d / "xquad.png", "XQuAD accuracy (held-out items)", "accuracy %")
     if results.get("off_target"):
         ot = results["off_target"]
-        tasks = sorted({t for per in ot.values() for r in per.values() for t in r["tasks"]})
+        tasks = _task_families(ot)
         data = {}
         for task in tasks:
             for lang, per in ot.items():
-                data[f"{task} {lang}"] = {r["label"].replace(lang, "T").replace("zero en", "zero src"):
-                                          100 * (r["tasks"][task]["metrics"].get("off_target_rate") or 0.0)
-                                          for r in per.values() if task in r["tasks"]}
+                rates = {name: r["tasks"][task]["metrics"].get("off_target_rate")
+                         for name, r in per.items() if task in r["tasks"]}
+                # one colour per intervention across languages; an undecided rate is a gap, not 0%
+                data[f"{task} {lang}"] = {PLOT_LABELS[name]: float("nan") if v is None else 100 * v
+                                          for name, v in rates.items()}
         made["off_target"] = plots.plot_grouped_bars(data, d / "off_target.png",
                                                      "off-target outputs among the decided ones", "off-target %")
     if results.get("transfer"):
@@ -810,6 +789,7 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     import lahis_ctrl
 
     from .fileio import write_json, write_text
+    from .heads import load_scores
 
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -836,24 +816,24 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     _header(f"1. LAHIS scores of {', '.join(scoring.languages)} ({source}, {scoring.texts} x {scoring.max_length} tokens)")
     scores_res = _scores_step(run, scoring, source, seed)
     results: dict[str, Any] = {"scores": {k: v for k, v in scores_res.items() if k != "fingerprint"}}
+    scores, scores_fp = load_scores(list(scores_res["files"].values())), scores_res["fingerprint"]
     if "ppl" in steps:
         _header(f"2. perplexity matrix (top-{ppl.k} specific heads zeroed vs {ppl.k} random heads)")
-        results["ppl"] = _ppl_step(run, ppl, scoring, source, scores_res, seed)
+        results["ppl"] = _ppl_step(run, ppl, scoring, source, scores, scores_fp, seed)
     if "xquad" in steps:
         _header(f"3. XQuAD soft masks: {', '.join(xquad.languages)}")
-        results["xquad"] = _xquad_step(run, xquad, scoring, scores_res, data, seed)
+        results["xquad"] = _xquad_step(run, xquad, scoring, scores, scores_fp, data, seed)
     if "off_target" in steps:
         _header(f"4. off-target rates: {', '.join(off_target.tasks)} x {', '.join(off_target.languages)}")
-        results["off_target"] = _off_target_step(run, off_target, scoring, scores_res, data, seed)
+        results["off_target"] = _off_target_step(run, off_target, scoring, scores, scores_fp, data, seed)
     if "transfer" in steps:
         _header(f"5. attention transfer: {', '.join('-'.join(p) for p in transfer.pairs)}")
-        results["transfer"] = _transfer_step(run, transfer, scoring, scores_res, seed)
+        results["transfer"] = _transfer_step(run, transfer, scoring, scores, scores_fp, seed)
 
     _header("report")
     results = {"version": lahis_ctrl.__version__, "model": scores_res["model"], "config": config, **results}
     results["findings"] = findings(results)
     results["steps"] = run.log
-    scores = _load_scores(scores_res)
     plots_made = _plots(results, out, scores)
     results["plots"] = plots_made
     import yaml

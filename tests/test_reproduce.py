@@ -36,6 +36,7 @@ def _step_files(out: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_smoke_run_writes_every_table_and_plot_and_a_rerun_skips_every_step(tiny_dir, shared_data, tmp_path,
                                                                            monkeypatch, capsys):
+    monkeypatch.delenv("LAHIS_DATA_DIR")  # --data alone must reach every step, the lm-eval tasks included
     out = tmp_path / "report"
     readme = tmp_path / "README.md"
     readme.write_text("# project\n\nintro\n\n## Results\n\n" + README_START + "\nSTALE SECTION\n" + README_END + "\n\n## More\n")

@@ -20,8 +20,8 @@ import sys
 OPT_OUT_ENV = "LAHIS_NO_LM_EVAL_HOOK"
 REGISTRY_MODULE = "lm_eval.api.registry"
 MODELS = {
-    "lahis_hf": "lahis_ctrl.lm_eval_models:LahisHFLM",
-    "lahis_vllm": "lahis_ctrl.vllm.lm_eval_model:LahisVLLM",
+    "lahis_hf": "lahis_ctrl.integrations.lm_eval.models:LahisHFLM",
+    "lahis_vllm": "lahis_ctrl.integrations.vllm.lm_eval_model:LahisVLLM",
 }
 
 

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from lahis_ctrl.fileio import write_json, write_text
-from lahis_ctrl.langid import LanguageIdentifier, normalize_lang
+from lahis_ctrl.core.fileio import write_json, write_text
+from lahis_ctrl.eval.langid import LanguageIdentifier, normalize_lang
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ntrex128"
 

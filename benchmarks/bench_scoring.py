@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _texts(tok, n: int, tokens: int, data: Path | None) -> list[str]:
-    from lahis_ctrl.corpora import load_texts
+    from lahis_ctrl.corpora.texts import load_texts
 
     if data is not None and (data / "ntrex128").is_dir():
         texts = load_texts(data / "ntrex128", "en", tokenizer=tok, passage_tokens=tokens + 16, seed=None)
@@ -89,9 +89,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
-    from lahis_ctrl.control import scale_heads
-    from lahis_ctrl.introspect import describe
-    from lahis_ctrl.scoring import _frozen, score_heads, sequence_losses, tokenize_texts
+    from lahis_ctrl.core.control import scale_heads
+    from lahis_ctrl.core.architecture import describe
+    from lahis_ctrl.lahis.scoring import _frozen, score_heads, sequence_losses, tokenize_texts
 
     if args.model == "tiny":
         sys.path.insert(0, str(ROOT / "tests"))

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(lang: str, n: int, data: str | None):
-    from lahis_ctrl.xquad import load_qa, reference_split
+    from lahis_ctrl.corpora.xquad import load_qa, reference_split
 
     rows, split = load_qa(lang, data)
     train, test = reference_split(rows, split)
@@ -43,10 +43,10 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("LAHIS_DATA_DIR") or "embedded")
     args = ap.parse_args()
 
-    from lahis_ctrl.generation import greedy_generate
-    from lahis_ctrl.introspect import describe
-    from lahis_ctrl.prompts import format_prompt
-    from lahis_ctrl.train_mask import SoftMaskTrainer, build_example, collate, select_heads
+    from lahis_ctrl.core.lm import greedy_generate
+    from lahis_ctrl.core.architecture import describe
+    from lahis_ctrl.corpora.prompts import format_prompt
+    from lahis_ctrl.lahis.softmask import SoftMaskTrainer, build_example, collate, select_heads
 
     if args.model == "tiny":
         sys.path.insert(0, str(ROOT / "tests"))
@@ -54,7 +54,7 @@ def main() -> None:
 
         model, tok = tiny_model("gemma3"), tiny_tokenizer()
     else:
-        from lahis_ctrl.loading import load_model, load_tokenizer
+        from lahis_ctrl.core.loading import load_model, load_tokenizer
 
         model, tok = load_model(args.model, dtype="float32"), load_tokenizer(args.model)
     for p in model.parameters():
@@ -68,7 +68,7 @@ def main() -> None:
     heads = select_heads(spec, 1, "random", seed=0)
 
     def full_logits_step(trainer, batch):
-        from lahis_ctrl.control import scale_heads
+        from lahis_ctrl.core.control import scale_heads
 
         with scale_heads(model, trainer.scales, spec):
             loss = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss

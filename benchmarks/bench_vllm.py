@@ -66,8 +66,8 @@ def main(argv=None) -> dict:
     from vllm.lora.request import LoRARequest
 
     from lahis_ctrl import HeadMask, load_model
-    from lahis_ctrl.vllm import CONFIG_KEY, set_head_mask
-    from lahis_ctrl.vllm.lora import export_lora, read_adapter_config
+    from lahis_ctrl.integrations.vllm import CONFIG_KEY, set_head_mask
+    from lahis_ctrl.integrations.vllm.lora import export_lora, read_adapter_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     model_dir = Path(args.model) if args.model else build_model(work / "model", args.layers, args.heads, args.head_dim)
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     print(f"  masked / unmasked = {result['masked_over_unmasked']:.4f}   (goal >= 0.99)")
     print(f"  lora   / unmasked = {result['lora_over_unmasked']:.4f}")
     if args.out:
-        from lahis_ctrl.fileio import write_json
+        from lahis_ctrl.core.fileio import write_json
 
         write_json(args.out, result)
     llm.llm_engine.engine_core.shutdown()

@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from lahis_ctrl import load_model, load_tokenizer
-    from lahis_ctrl.corpora import load_texts
-    from lahis_ctrl.scoring import score_heads
+    from lahis_ctrl.corpora.texts import load_texts
+    from lahis_ctrl.lahis.scoring import score_heads
 
     data = Path(os.environ.get("LAHIS_DATA_DIR") or ROOT.parent / "shared" / "data") / "ntrex128"
     model = load_model(args.model, dtype="float32")

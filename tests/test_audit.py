@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lahis_ctrl import audit as audit_mod
-from lahis_ctrl.audit import read_records, run_audit, task_language
+from lahis_ctrl.eval.audit import read_records, run_audit, task_language
 from lahis_ctrl.cli import main
-from lahis_ctrl.errors import LahisError
+from lahis_ctrl.core.errors import LahisError
 
 from tiny import save_tiny
 
@@ -208,8 +208,8 @@ def test_real_evaluate_output(tmp_path, tok):
     import torch
     from tiny import tiny_model
 
-    from lahis_ctrl.evaluate import evaluate_masks
-    from lahis_ctrl.mask import HeadMask
+    from lahis_ctrl.eval.evaluate import evaluate_masks
+    from lahis_ctrl.core.mask import HeadMask
 
     torch.manual_seed(0)
     model = tiny_model("llama")

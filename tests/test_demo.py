@@ -2,7 +2,7 @@
 
 from tiny import save_tiny
 
-from lahis_ctrl.mask import HeadMask
+from lahis_ctrl.core.mask import HeadMask
 
 
 def test_demo_runs_and_resumes(tmp_path, capsys):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny import save_tiny, tiny_model
 
-from lahis_ctrl.errors import LahisError, MaskMismatchError
-from lahis_ctrl.evaluate import evaluate_masks, format_table, parse_mask_args
-from lahis_ctrl.mask import HeadMask
-from lahis_ctrl.prompts import format_prompt
-from lahis_ctrl.qa_metrics import contains
+from lahis_ctrl.core.errors import LahisError, MaskMismatchError
+from lahis_ctrl.eval.evaluate import evaluate_masks, format_table, parse_mask_args
+from lahis_ctrl.core.mask import HeadMask
+from lahis_ctrl.corpora.prompts import format_prompt
+from lahis_ctrl.eval.qa_metrics import contains
 
 ROWS = [
     {"id": "a", "context": "Paris is the capital of France.", "question": "What is the capital of France?",
@@ -55,7 +55,7 @@ def test_evaluate_several_masks(llama, tok, tmp_path):
 
 def test_resume_reuses_generations(llama, tok, tmp_path, monkeypatch):
     first = evaluate_masks(llama, tok, "en", {"original": None}, ROWS, max_new_tokens=3, batch_size=2, out_dir=tmp_path)
-    import lahis_ctrl.generation as generation
+    import lahis_ctrl.core.lm as generation
 
     def fail(*a, **k):
         raise AssertionError("generated again")

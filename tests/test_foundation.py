@@ -11,8 +11,9 @@ from tiny import ARCHS, tiny_model, tiny_tokenizer
 import lahis_ctrl
 from lahis_ctrl import (ArchSpec, HeadMask, LahisError, MaskMismatchError, UnknownArchitectureError, apply_head_mask,
                         describe, fold_head_mask)
-from lahis_ctrl.control import _head_block, scale_heads
-from lahis_ctrl.introspect import output_projections
+from lahis_ctrl.core import head_layout
+from lahis_ctrl.core.control import scale_heads
+from lahis_ctrl.core.architecture import output_projections
 
 MAIN_ARCHS = ("llama", "mistral", "qwen2", "gemma3", "cohere")
 
@@ -60,7 +61,7 @@ def test_unknown_architecture_names_the_override():
     try:
         assert describe(model).shape == (3, 4)
     finally:
-        from lahis_ctrl.introspect import _REGISTERED
+        from lahis_ctrl.core.architecture import _REGISTERED
         _REGISTERED.pop("my_new_arch")
 
 
@@ -100,7 +101,7 @@ def test_zeroing_a_head_equals_zeroing_its_weight_columns(arch, tok):
     weight = output_projections(model, spec)[layer].weight
     original = weight.detach().clone()
     with torch.no_grad():
-        _head_block(weight, spec, head).zero_()
+        head_layout.head_block(weight, head, spec.head_dim, spec.layout).zero_()
     try:
         zeroed = _logits(model, ids)
     finally:
@@ -380,7 +381,7 @@ def test_load_model_from_local_dir(tmp_path, tok):
     with pytest.raises(LahisError, match="could not load model"):
         load_model(str(tmp_path / "no-such-model"))
     with pytest.raises(LahisError, match="unknown embedded model"):
-        from lahis_ctrl.loading import embedded_model_dir
+        from lahis_ctrl.core.loading import embedded_model_dir
         embedded_model_dir("gemma-9")
 
 
@@ -396,7 +397,7 @@ def test_atomic_writes_keep_old_file_on_error_and_use_normal_permissions(tmp_pat
     import os
     import stat
 
-    from lahis_ctrl.fileio import atomic_path, write_text
+    from lahis_ctrl.core.fileio import atomic_path, write_text
 
     path = write_text(tmp_path / "report.md", "complete")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_current_umask()

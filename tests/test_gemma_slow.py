@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lahis_ctrl import HeadMask, apply_head_mask, describe, fold_head_mask
-from lahis_ctrl.generation import greedy_generate
+from lahis_ctrl.core.lm import greedy_generate
 
 pytestmark = pytest.mark.slow
 

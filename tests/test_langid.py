@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lahis_ctrl.errors import LahisError, MissingDependencyError
+from lahis_ctrl.core.errors import LahisError, MissingDependencyError
 from lahis_ctrl import langid
-from lahis_ctrl.langid import LangPrediction, LanguageIdentifier, get_identifier, normalize_lang, split_lang_script
+from lahis_ctrl.eval.langid import LangPrediction, LanguageIdentifier, get_identifier, normalize_lang, split_lang_script
 
 # Two ordinary sentences in each of 14 languages (written for these tests).
 SENTENCES = {
@@ -260,7 +260,7 @@ def test_prediction_fields():
 
 
 def test_import_is_cheap():
-    code = ("import sys, lahis_ctrl.langid, lahis_ctrl.audit; "
+    code = ("import sys, lahis_ctrl.eval.langid, lahis_ctrl.eval.audit; "
             "print([m for m in ('torch', 'fasttext', 'langdetect', 'langcodes', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -88,7 +88,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 def masks(tmp_path_factory):
     from tiny import tiny_model
 
-    from lahis_ctrl.mask import HeadMask
+    from lahis_ctrl.core.mask import HeadMask
 
     d = tmp_path_factory.mktemp("masks")
     model = tiny_model("llama")
@@ -102,7 +102,7 @@ def masks(tmp_path_factory):
 def task_manager():
     from lm_eval.tasks import TaskManager
 
-    from lahis_ctrl.lm_eval_cli import tasks_dir
+    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
 
     # only this package's tasks: indexing lm-eval's ~15k built-in YAMLs would take ~15 s on 2 cores
     return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
@@ -157,7 +157,7 @@ def test_identity_mask_is_exactly_unmasked_and_zeroing_heads_changes_outputs(tas
 def test_heads_scale_matches_the_same_mask_file(task_manager, tiny_dir, local_data, masks, monkeypatch, tmp_path):
     from tiny import tiny_model
 
-    from lahis_ctrl.mask import HeadMask
+    from lahis_ctrl.core.mask import HeadMask
 
     mask = HeadMask.from_heads(tiny_model("llama"), [(0, 1), (2, 3)], 0.0).save(tmp_path / "m.safetensors")
     by_heads = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, ",heads=0:1+2:3,scale=0")
@@ -167,8 +167,8 @@ def test_heads_scale_matches_the_same_mask_file(task_manager, tiny_dir, local_da
 
 
 def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks, monkeypatch):
-    from lahis_ctrl.errors import LahisError, MaskMismatchError
-    from lahis_ctrl.lm_eval_models import LahisHFLM
+    from lahis_ctrl.core.errors import LahisError, MaskMismatchError
+    from lahis_ctrl.integrations.lm_eval.models import LahisHFLM
 
     with pytest.raises(MaskMismatchError, match="shape mismatch: mask for gemma3"):
         LahisHFLM(pretrained=str(tiny_dir), mask=str(masks["other"]), device="cpu", dtype="float32")
@@ -184,8 +184,8 @@ def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks,
 
 
 def test_parse_heads(tmp_path):
-    from lahis_ctrl.errors import LahisError
-    from lahis_ctrl.lm_eval_models import parse_heads
+    from lahis_ctrl.core.errors import LahisError
+    from lahis_ctrl.integrations.lm_eval.models import parse_heads
 
     assert parse_heads("3:1+5:2") == [(3, 1), (5, 2)]
     assert parse_heads("3.1;5.2") == [(3, 1), (5, 2)]
@@ -260,7 +260,7 @@ from lm_eval.api.registry import get_model, model_registry
 raw = dict(model_registry.items()).get("lahis_hf")  # the lazy "module:Class" placeholder
 # built-in models stay known (lm-eval imports its own model table only while the registry is empty)
 builtin = "hf" in model_registry and "vllm" in model_registry
-lazy = "lahis_ctrl.lm_eval_models" not in sys.modules
+lazy = "lahis_ctrl.integrations.lm_eval.models" not in sys.modules
 loaded = get_model("lahis_hf").__name__ if sys.argv[1] == "load" and raw is not None else None
 print(before, raw, builtin, lazy, loaded, "lahis_vllm" in model_registry)
 """
@@ -280,10 +280,10 @@ def _probe(python: str, opt_out: bool, cwd, load: bool = False, import_first: bo
 
 def test_registration_without_importing_lahis_ctrl(tmp_path):
     # nothing heavy at start-up; the names appear with lm_eval's registry; the class loads on first use
-    assert _probe(PY, False, tmp_path, load=True) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True LahisHFLM True"
+    assert _probe(PY, False, tmp_path, load=True) == "[] lahis_ctrl.integrations.lm_eval.models:LahisHFLM True True LahisHFLM True"
     assert _probe(PY, True, tmp_path) == "[] None False True None False"
     # `import lahis_ctrl` registers the names whatever the opt-out says (an explicit opt-in), still lazily
-    assert _probe(PY, True, tmp_path, import_first=True) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True None True"
+    assert _probe(PY, True, tmp_path, import_first=True) == "[] lahis_ctrl.integrations.lm_eval.models:LahisHFLM True True None True"
 
 
 def _build(kind: str, out: Path) -> Path:
@@ -315,8 +315,8 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
     subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     python = str(venv / "bin" / "python")
-    assert _probe(python, False, tmp_path) == "[] lahis_ctrl.lm_eval_models:LahisHFLM True True None True"
-    where = subprocess.run([python, "-c", "import lahis_ctrl.lm_eval_cli as c; print(c.tasks_dir())"], cwd=tmp_path,
+    assert _probe(python, False, tmp_path) == "[] lahis_ctrl.integrations.lm_eval.models:LahisHFLM True True None True"
+    where = subprocess.run([python, "-c", "import lahis_ctrl.integrations.lm_eval.runner as c; print(c.tasks_dir())"], cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert (Path(where) / "xquad" / "xquad_de.yaml").is_file()
     if kind == "wheel":
@@ -326,7 +326,7 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
 # ------------------------------------------------------------------------------------------ lahis eval
 def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
     from lahis_ctrl.cli import main
-    from lahis_ctrl.lm_eval_cli import tasks_dir
+    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
 
     assert main(["eval", "--tasks", "xquad_de", "--model_args", "pretrained=m", "--mask", str(masks["zero"]),
                  "--data_dir", str(local_data), "--limit", "5", "--dry_run", "true"]) == 0
@@ -342,7 +342,7 @@ def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
 
 # ------------------------------------------------------------------------------------------ tasks and data
 def test_task_folder_has_every_task_and_group(task_manager):
-    from lahis_ctrl.xquad import XQUAD_LANGS
+    from lahis_ctrl.corpora.xquad import XQUAD_LANGS
 
     names = set(task_manager.all_tasks)
     others = [lang for lang in XQUAD_LANGS if lang != "en"]
@@ -355,8 +355,8 @@ def test_task_folder_has_every_task_and_group(task_manager):
 
 def test_every_task_and_group_loads(task_manager, tmp_path, monkeypatch):
     """All 46 tasks build (YAML, includes, !function targets, loaders) on 5 local items per language."""
-    from lahis_ctrl.lm_eval_tasks import NTREX_LANGS
-    from lahis_ctrl.xquad import XQUAD_LANGS
+    from lahis_ctrl.integrations.lm_eval.task_utils import NTREX_LANGS
+    from lahis_ctrl.corpora.xquad import XQUAD_LANGS
 
     (tmp_path / "ntrex128").mkdir()
     for lang in XQUAD_LANGS:  # the text is English/German everywhere: only the plumbing is under test here
@@ -382,8 +382,8 @@ def test_prompts_are_lm_evals_builtin_xquad_prompts():
     from lm_eval.utils import apply_template
 
     import lm_eval
-    from lahis_ctrl.lm_eval_tasks import xquad_prompt
-    from lahis_ctrl.xquad import XQUAD_LANGS
+    from lahis_ctrl.integrations.lm_eval.task_utils import xquad_prompt
+    from lahis_ctrl.corpora.xquad import XQUAD_LANGS
 
     builtin = Path(lm_eval.__file__).parent / "tasks" / "xquad"
     doc = {"context": "Ein Kontext mit {Klammern}.", "question": "Eine Frage?", "answers": {"text": ["x"]}}
@@ -393,8 +393,8 @@ def test_prompts_are_lm_evals_builtin_xquad_prompts():
 
 
 def test_datasets_from_the_offline_copy(shared_data, task_manager):
-    from lahis_ctrl.lm_eval_tasks import ntrex, xquad, xquad_xling
-    from lahis_ctrl.xquad import load_xquad
+    from lahis_ctrl.integrations.lm_eval.task_utils import ntrex, xquad, xquad_xling
+    from lahis_ctrl.corpora.xquad import load_xquad
 
     de = load_xquad("de", shared_data)
     full = xquad("de", data_dir=str(shared_data))["validation"]
@@ -419,8 +419,8 @@ def test_datasets_from_the_offline_copy(shared_data, task_manager):
 def test_xquad_lahis_is_the_papers_protocol(shared_data, task_manager, tiny_dir, monkeypatch):
     from tiny import tiny_tokenizer
 
-    from lahis_ctrl.prompts import format_prompt
-    from lahis_ctrl.xquad import load_xquad
+    from lahis_ctrl.corpora.prompts import format_prompt
+    from lahis_ctrl.corpora.xquad import load_xquad
 
     monkeypatch.setenv("LAHIS_DATA_DIR", str(shared_data))
     task = task_manager.load(["xquad_lahis_de"])["tasks"]["xquad_lahis_de"]
@@ -461,7 +461,7 @@ def _doc(lang="de", **kw):
 
 
 def test_squad_em_f1_on_official_examples():
-    from lahis_ctrl.lm_eval_tasks import process_xquad
+    from lahis_ctrl.integrations.lm_eval.task_utils import process_xquad
 
     # SQuAD v1.1 dev, "Super Bowl 50": gold answers as in the official file
     golds = ["Denver Broncos", "Denver Broncos", "Denver Broncos"]
@@ -480,7 +480,7 @@ def test_squad_em_f1_on_official_examples():
 
 
 def test_off_target_on_known_sentences_empty_and_digits():
-    from lahis_ctrl.lm_eval_tasks import off_target, process_translation, process_xquad_lahis
+    from lahis_ctrl.integrations.lm_eval.task_utils import off_target, process_translation, process_xquad_lahis
 
     assert off_target("Der Hund schläft den ganzen Tag auf dem Sofa.", "de") == {"off_target_rate": 0.0,
                                                                                    "undetermined_rate": 0.0}
@@ -501,7 +501,7 @@ def test_off_target_on_known_sentences_empty_and_digits():
 def test_off_target_aggregation_counts_only_decided_outputs():
     from lm_eval.api.metrics import mean, nanmean
 
-    from lahis_ctrl.lm_eval_tasks import off_target
+    from lahis_ctrl.integrations.lm_eval.task_utils import off_target
 
     outputs = ["Das ist ein deutscher Satz über das Wetter.", "This sentence is written in English.",
                "Noch ein Satz auf Deutsch, ganz ohne Zweifel.", "42", ""]
@@ -517,8 +517,8 @@ def test_gemma_xquad_de_and_xling_de_end_to_end(gemma, shared_data, monkeypatch)
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lahis_ctrl.lm_eval_cli import tasks_dir
-    from lahis_ctrl.lm_eval_models import LahisHFLM
+    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
+    from lahis_ctrl.integrations.lm_eval.models import LahisHFLM
 
     model, tok = gemma
     monkeypatch.setenv("LAHIS_DATA_DIR", str(shared_data))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lahis_ctrl.qa_metrics import contains, exact_match, f1, normalize_answer, score_all
+from lahis_ctrl.eval.qa_metrics import contains, exact_match, f1, normalize_answer, score_all
 
 # SQuAD v1.1 dev, "Where did Super Bowl 50 take place?" (id 56be4db0acb8001400a502ee): the official golds
 SB50 = ["Santa Clara, California", "Levi's Stadium", "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]

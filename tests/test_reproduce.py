@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lahis_ctrl.reproduce import README_END, README_START, findings, update_readme
+from lahis_ctrl.experiments.reproduce.findings import findings
+from lahis_ctrl.experiments.reproduce.report import README_END, README_START, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "data" / "reproduce-tiny.yaml"
@@ -99,7 +100,7 @@ def test_smoke_run_writes_every_table_and_plot_and_a_rerun_skips_every_step(tiny
     def no_load(*a, **k):
         raise AssertionError("a rerun with every step done must not load the model")
 
-    monkeypatch.setattr("lahis_ctrl.loading.load_model", no_load)
+    monkeypatch.setattr("lahis_ctrl.core.loading.load_model", no_load)
     capsys.readouterr()
     assert _cli(*args) == 0
     printed = capsys.readouterr().out
@@ -126,7 +127,7 @@ def test_a_deleted_score_file_is_scored_again(tiny_dir, shared_data, tmp_path, c
             "--steps", "[scores]"]
     assert _cli(*args) == 0
     de = out / "work" / "scores" / "de.safetensors"
-    from lahis_ctrl.scoring import HeadScores
+    from lahis_ctrl.lahis.scoring import HeadScores
 
     first = HeadScores.load(de)
     de.unlink()
@@ -150,7 +151,7 @@ def test_a_deleted_score_file_is_scored_again(tiny_dir, shared_data, tmp_path, c
     (["--scoring.languages", "[en]"], "needs at least 2 languages"),
 ])
 def test_bad_input_is_one_line_before_any_model_is_loaded(extra, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lahis_ctrl.loading.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("lahis_ctrl.core.loading.load_model", lambda *a, **k: pytest.fail("loaded a model"))
     data = tmp_path / "data"
     (data / "ntrex128").mkdir(parents=True)
     for lang in ("en", "de", "es"):
@@ -222,7 +223,7 @@ def test_update_readme_replaces_only_its_section(tmp_path):
 def test_committed_configs_parse_and_name_the_paper_settings():
     import yaml
 
-    from lahis_ctrl.reproduce import STEPS
+    from lahis_ctrl.experiments.reproduce import STEPS
 
     gemma = yaml.safe_load((ROOT / "configs" / "reproduce-gemma-3-270m.yaml").read_text())
     assert gemma["model"] == "gemma-3-270m" and gemma["steps"] == list(STEPS)

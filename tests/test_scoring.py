@@ -10,14 +10,15 @@ import random
 import pytest
 import torch
 
-from lahis_ctrl.control import apply_head_mask, scale_heads
-from lahis_ctrl.corpora import EMBEDDED_LANGUAGES, embedded_languages, join_lines, load_texts
-from lahis_ctrl.errors import LahisError, MaskMismatchError
-from lahis_ctrl.heads import classify_heads, default_min_rep, top_specific_heads
-from lahis_ctrl.introspect import describe
-from lahis_ctrl.mask import HeadMask
-from lahis_ctrl.ppl import perplexity, ppl_cross, summarize, text_losses
-from lahis_ctrl.scoring import (HeadScores, _frozen, per_text_gradients, score_heads, score_languages,
+from lahis_ctrl.core.control import apply_head_mask, scale_heads
+from lahis_ctrl.corpora.texts import EMBEDDED_LANGUAGES, embedded_languages, join_lines, load_texts
+from lahis_ctrl.core.errors import LahisError, MaskMismatchError
+from lahis_ctrl.lahis.heads import HeadClassification, classify_heads, default_min_rep, top_specific_heads
+from lahis_ctrl.core.architecture import describe
+from lahis_ctrl.core.mask import HeadMask
+from lahis_ctrl.eval.ppl import perplexity, ppl_cross, summarize, text_losses
+from lahis_ctrl.core.lm import frozen as _frozen
+from lahis_ctrl.lahis.scoring import (HeadScores, per_text_gradients, score_heads, score_languages,
                                 sequence_losses)
 from tiny import tiny_model
 
@@ -189,7 +190,7 @@ def test_chunked_loss_equals_the_models_own_loss(tok, arch, setup):
 
 
 def test_chunked_loss_check_catches_unknown_logit_transforms(tok):
-    from lahis_ctrl.scoring import check_loss_matches
+    from lahis_ctrl.lahis.scoring import check_loss_matches
 
     model = tiny_model("llama")
     ids = tok(TEXTS[0])["input_ids"]
@@ -407,8 +408,8 @@ def test_classify_hand_made_matrices():
     assert [(s["layer"], s["head"]) for s in c["per_language"]["en"]["specific"]] == [(1, 1)]
     assert [(s["layer"], s["head"]) for s in c["per_language"]["hi"]["specific"]] == [(3, 3)]
     assert [(k["layer"], k["head"]) for k in c["per_language"]["hi"]["kept"]] == [(3, 3), (0, 0)]
-    json.dumps(c)  # JSON-able
-    from lahis_ctrl.heads import format_classification
+    assert HeadClassification.from_json(json.loads(json.dumps(c.to_json()))) == c  # JSON round trip
+    from lahis_ctrl.lahis.heads import format_classification
 
     text = format_classification(c)
     assert "general: L0H0 (en/zh/hi)" in text and "en: specific: L1H1 (8)" in text
@@ -473,7 +474,7 @@ def test_ppl_cross_masks_each_languages_heads(tok):
     assert r["baseline"]["es"] == {**perplexity(model, tok, texts["es"]), "masked_by": "none"}
     assert len(r["random"]["en"]["trials"]) == 2
     json.dumps(r)
-    from lahis_ctrl.ppl import format_table
+    from lahis_ctrl.eval.ppl import format_table
 
     table = format_table(r)
     assert table.count("\n") == 3 and "random 2" in table
@@ -487,7 +488,7 @@ def _is_png(path) -> bool:
 
 
 def test_plots_write_pngs(tmp_path):
-    from lahis_ctrl.plots import plot_heatmaps, plot_layer_distribution, plot_overlap, overlap_matrix
+    from lahis_ctrl.eval.plots import plot_heatmaps, plot_layer_distribution, plot_overlap, overlap_matrix
 
     scores = {"en": _matrix({(0, 0): 9, (1, 1): 8}), "zh": _matrix({(0, 0): 9, (2, 2): 8})}
     langs, m, _ = overlap_matrix(scores, top=2)
@@ -539,7 +540,7 @@ def test_score_languages_helper_saves_and_reuses(tok, tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_scores(tok):
     model = tiny_model("llama")
-    from lahis_ctrl.introspect import output_projections
+    from lahis_ctrl.core.architecture import output_projections
 
     calls = []
     hook = output_projections(model)[0].register_forward_hook(lambda *a: calls.append(1))
@@ -572,7 +573,7 @@ def test_gemma_zeroing_top_heads_hurts_their_language_more_than_random(gemma, sh
     top = perplexity(model, tok, eval_texts, mask=HeadMask.from_heads(spec, scores.top_heads(k), 0.0),
                      max_length=128, batch_size=6)
     rng = random.Random(0)
-    from lahis_ctrl.ppl import random_heads
+    from lahis_ctrl.eval.ppl import random_heads
 
     rand = [perplexity(model, tok, eval_texts, mask=HeadMask.from_heads(spec, random_heads(*spec.shape, k, rng), 0.0),
                        max_length=128, batch_size=6) for _ in range(3)]
@@ -588,7 +589,7 @@ def test_ntrex_source_downloads_the_named_file_and_joins_passages(monkeypatch, t
     """source='ntrex' reads NTREX-128 from its GitHub URL (the hub-free default of `lahis reproduce`)."""
     import datasets
 
-    from lahis_ctrl.corpora import NTREX_URL, check_source, load_texts
+    from lahis_ctrl.corpora.texts import NTREX_URL, check_source, load_texts
 
     seen = []
 

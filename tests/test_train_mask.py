@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from lahis_ctrl.errors import LahisError, MaskMismatchError
-from lahis_ctrl.introspect import describe
-from lahis_ctrl.train_mask import (IGNORE, SoftMaskTrainer, answer_loss, build_example, collate, default_n,
+from lahis_ctrl.core.errors import LahisError, MaskMismatchError
+from lahis_ctrl.core.architecture import describe
+from lahis_ctrl.lahis.softmask import (IGNORE, SoftMaskTrainer, answer_loss, build_example, collate, default_n,
                                    select_heads, train_mask)
 
 # short rows keep the tiny-model tests fast (the tiny tokenizer spends several tokens per non-ASCII char)
@@ -77,7 +77,7 @@ def test_frozen_heads_get_zero_gradient_and_stay_one(llama, tok):
 
 
 def test_hooking_only_trainable_layers_is_exact(llama, tok):
-    from lahis_ctrl.control import scale_heads
+    from lahis_ctrl.core.control import scale_heads
 
     spec = describe(llama)
     trainer = SoftMaskTrainer(llama, spec, [(1, 2), (2, 0)])
@@ -164,7 +164,7 @@ def test_bad_inputs(llama, tok):
 
 
 def test_scores_of_another_model_type(llama, tok, tmp_path):
-    from lahis_ctrl.scoring import HeadScores
+    from lahis_ctrl.lahis.scoring import HeadScores
 
     other = HeadScores(torch.rand(3, 4), torch.rand(3, 4), torch.rand(3, 4), model_type="qwen2", head_dim=16)
     with pytest.raises(MaskMismatchError, match="model_type"):
@@ -182,10 +182,10 @@ def test_gemma_soft_mask_on_xquad(gemma, shared_data, tmp_path, capsys):
     accuracies are printed (and are whatever they are)."""
     import os
 
-    from lahis_ctrl.evaluate import evaluate_masks
-    from lahis_ctrl.scoring import score_heads
-    from lahis_ctrl.corpora import load_texts
-    from lahis_ctrl.xquad import load_xquad, reference_split
+    from lahis_ctrl.eval.evaluate import evaluate_masks
+    from lahis_ctrl.lahis.scoring import score_heads
+    from lahis_ctrl.corpora.texts import load_texts
+    from lahis_ctrl.corpora.xquad import load_xquad, reference_split
 
     n_items = int(os.environ.get("LAHIS_SOFTMASK_ITEMS", "100"))
     model, tok = gemma

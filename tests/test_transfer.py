@@ -4,14 +4,16 @@ import json
 
 import pytest
 import torch
+
+from lahis_ctrl.core.lm import tokenize_continuation
 from tiny import tiny_model
 
-from lahis_ctrl.errors import LahisError, MaskMismatchError
-from lahis_ctrl.mask import HeadMask
-from lahis_ctrl.transfer import (ALTERNATE_FORMS, LANGUAGES, OCCUPATIONS, QUESTION, STATEMENT_TEMPLATES,
-                                 _tokenize_pair, alice_probe, classify_answer, continuation_logprobs,
+from lahis_ctrl.core.errors import LahisError, MaskMismatchError
+from lahis_ctrl.core.mask import HeadMask
+from lahis_ctrl.eval.transfer import (ALTERNATE_FORMS, LANGUAGES, OCCUPATIONS, QUESTION, STATEMENT_TEMPLATES,
+                                 alice_probe, classify_answer, continuation_logprobs,
                                  format_probe_table, occupation_forms, probe_items, statement)
-from lahis_ctrl.transfer import _occurs
+from lahis_ctrl.eval.transfer import _occurs
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +140,11 @@ def test_batched_scoring_equals_plain_computation(gemma3, tok):
 
 
 def test_tokenize_pair_prefix_and_fallback(tok):
-    ids, n_prompt = _tokenize_pair(tok, "Alice's occupation is", " teacher")
+    ids, n_prompt = tokenize_continuation(tok, "Alice's occupation is", " teacher")
     assert ids[:n_prompt] == tok("Alice's occupation is")["input_ids"]
     assert tok.decode(ids) == "Alice's occupation is teacher"
     # no space before the continuation: BPE merges across the boundary, so the continuation is tokenized alone
-    ids, n_prompt = _tokenize_pair(tok, "The quick bro", "wn fox")
+    ids, n_prompt = tokenize_continuation(tok, "The quick bro", "wn fox")
     assert ids[:n_prompt] == tok("The quick bro")["input_ids"]
     assert len(ids) > n_prompt and tok.decode(ids) == "The quick brown fox"
 

@@ -15,14 +15,14 @@ pytest.importorskip("lm_eval")
 import torch  # noqa: E402
 
 from lahis_ctrl import HeadMask, LahisError, MaskMismatchError, apply_head_mask  # noqa: E402
-from lahis_ctrl.vllm import get_head_mask, mask_status, set_head_mask  # noqa: E402
+from lahis_ctrl.integrations.vllm import get_head_mask, mask_status, set_head_mask  # noqa: E402
 from vllm_support import (ENGINE_ARGS, RESULTS, assert_close_results, make_mask, max_diff,  # noqa: E402
                           model_dir, references, vllm_greedy, vllm_tiny_model, workdir)
 
 
 @pytest.fixture(scope="module")
 def engine():
-    from lahis_ctrl.vllm.lm_eval_model import LahisVLLM
+    from lahis_ctrl.integrations.vllm.lm_eval_model import LahisVLLM
 
     ids, mask_path, masked, unmasked = references()
     lm = LahisVLLM(pretrained=model_dir(), mask=mask_path, enforce_eager=True, batch_size=4, **ENGINE_ARGS)

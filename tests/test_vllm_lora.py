@@ -1,4 +1,4 @@
-"""LoRA export of head masks (lahis_ctrl.vllm.lora): the math, the files, PEFT in transformers, the CLI.
+"""LoRA export of head masks (lahis_ctrl.integrations.vllm.lora): the math, the files, PEFT in transformers, the CLI.
 
 No vLLM needed: these run in the main suite. Serving the adapter in vLLM is tested in test_vllm.py.
 """
@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from lahis_ctrl import HeadMask, LahisError, MaskMismatchError, apply_head_mask, fold_head_mask
-from lahis_ctrl.introspect import describe, output_projections
-from lahis_ctrl.vllm.lora import VLLM_LORA_RANKS, _lora_factors, export_lora, lora_rank
+from lahis_ctrl.core.architecture import describe, output_projections
+from lahis_ctrl.core.head_layout import lora_factors as _lora_factors
+from lahis_ctrl.integrations.vllm.lora import VLLM_LORA_RANKS, export_lora, lora_rank
 from tiny import save_tiny, tiny_model
 
 

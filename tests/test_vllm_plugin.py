@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lahis_ctrl import HeadMask, LahisError, MaskMismatchError, fold_head_mask
-from lahis_ctrl.introspect import describe, output_projections
-from lahis_ctrl.vllm import CONFIG_KEY, MASK_ENV, plugin
+from lahis_ctrl.core.architecture import describe, output_projections
+from lahis_ctrl.integrations.vllm import CONFIG_KEY, MASK_ENV, plugin
 from tiny import tiny_model
 
 
@@ -145,7 +145,7 @@ def test_mismatched_or_missing_masks_are_refused(tmp_path):
 def test_plugin_availability_is_reported(monkeypatch):
     import importlib.metadata as md
 
-    ours = SimpleNamespace(name="lahis_ctrl", value="lahis_ctrl.vllm.plugin:register")
+    ours = SimpleNamespace(name="lahis_ctrl", value="lahis_ctrl.integrations.vllm.plugin:register")
     monkeypatch.setattr(md, "entry_points", lambda group=None: [ours])
     monkeypatch.delenv("VLLM_PLUGINS", raising=False)
     assert plugin.plugin_available() is None

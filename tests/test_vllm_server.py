@@ -21,7 +21,7 @@ vllm = pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from lahis_ctrl import HeadMask  # noqa: E402
-from lahis_ctrl.vllm import CONFIG_KEY, MASK_ENV  # noqa: E402
+from lahis_ctrl.integrations.vllm import CONFIG_KEY, MASK_ENV  # noqa: E402
 from vllm_support import ENGINE_ARGS, MAX_NEW, assert_close_results, model_dir, references, workdir  # noqa: E402
 
 

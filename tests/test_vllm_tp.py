@@ -12,8 +12,8 @@ pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm")
 
 from lahis_ctrl import HeadMask  # noqa: E402
-from lahis_ctrl.vllm import MASK_ENV, get_head_mask, mask_status, set_head_mask  # noqa: E402
-from lahis_ctrl.vllm.lora import export_lora  # noqa: E402
+from lahis_ctrl.integrations.vllm import MASK_ENV, get_head_mask, mask_status, set_head_mask  # noqa: E402
+from lahis_ctrl.integrations.vllm.lora import export_lora  # noqa: E402
 from vllm_support import (ENGINE_ARGS, RESULTS, assert_close_results, make_mask, max_diff, model_dir,  # noqa: E402
                           references, vllm_greedy, vllm_tiny_model)
 

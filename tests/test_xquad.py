@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from lahis_ctrl.errors import LahisError
-from lahis_ctrl.prompts import LM_EVAL_TEMPLATES, PAPER_TEMPLATES, format_prompt, format_target
-from lahis_ctrl.xquad import (EMBEDDED_SPLIT, REFERENCE_SPLIT, XQUAD_LANGS, SplitSpec, embedded_langs,
+from lahis_ctrl.core.errors import LahisError
+from lahis_ctrl.corpora.prompts import LM_EVAL_TEMPLATES, PAPER_TEMPLATES, format_prompt, format_target
+from lahis_ctrl.corpora.xquad import (EMBEDDED_SPLIT, REFERENCE_SPLIT, XQUAD_LANGS, SplitSpec, embedded_langs,
                               load_embedded_qa, load_qa, load_squad_file, load_xquad, reference_split,
                               rows_from_dataset, select)
 

@@ -1,0 +1,69 @@
+"""Foundation CLI commands: `lahis info` and `lahis export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..core.errors import LahisError
+
+
+def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
+    """Print a model's attention layout: layers x heads, KV heads, head_dim and the projection modules.
+
+    Args:
+        model: hub id, local directory, or the embedded name 'gemma-3-270m'.
+        modules: also list every module name (to write an --arch override for an unknown architecture).
+        arch: JSON override for architectures lahis_ctrl does not know, e.g.
+            '{"o_proj": "model.layers.{layer}.attn.out_proj", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128}'.
+    """
+    from ..core.architecture import describe
+    from ..core.loading import load_model
+
+    m = load_model(model, dtype="auto")
+    if modules:
+        for name, mod in m.named_modules():
+            print(f"{name}\t{type(mod).__name__}")
+    spec = describe(m, arch)
+    gqa = f" (GQA: {spec.num_heads // spec.num_kv_heads} query heads per KV head)" if spec.num_kv_heads != spec.num_heads else ""
+    print(f"model:      {spec.name_or_path}  ({spec.model_type})")
+    print(f"heads:      {spec.num_layers} layers x {spec.num_heads} heads = {spec.num_layers * spec.num_heads}")
+    print(f"KV heads:   {spec.num_kv_heads}{gqa}")
+    print(f"head_dim:   {spec.head_dim}")
+    print(f"o_proj:     {spec.o_proj_names[0]} ... {spec.o_proj_names[-1]}  ({spec.layout})")
+    return None
+
+
+def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,
+           dtype: str = "auto") -> None:
+    """Write a checkpoint with a head mask applied, loadable without lahis_ctrl.
+
+    Args:
+        model: hub id, local directory, or 'gemma-3-270m'.
+        mask: a head mask file (.safetensors or .json) made for this model.
+        out: output directory (written atomically).
+        format: 'folded' (mask multiplied into the output-projection weights) or 'lora' (a PEFT LoRA
+            adapter on the output projections that reproduces the mask, for per-request masks in vLLM's
+            multi-LoRA serving and for PEFT; apply it to the unmasked model).
+        overwrite: replace a non-empty output directory.
+        dtype: dtype to load (and save) the model in: auto, float32, bfloat16, float16.
+    """
+    from ..core.mask import HeadMask
+
+    head_mask = HeadMask.load(mask)  # fail on a bad mask before loading a large model
+    if format == "folded":
+        from ..core.export import export_folded
+        from ..core.loading import load_model, load_tokenizer
+
+        m = load_model(model, dtype=dtype)
+        out_dir = export_folded(m, load_tokenizer(model), head_mask, out, overwrite=overwrite)
+    elif format == "lora":
+        from ..core.loading import load_model
+        from ..integrations.vllm.lora import export_lora, read_adapter_config
+
+        m = load_model(model, dtype=dtype)
+        out_dir = export_lora(m, head_mask, out, overwrite=overwrite)
+        print(f"LoRA rank {read_adapter_config(out_dir)['r']}: serve with vLLM's enable_lora=True, max_lora_rank >= it")
+    else:
+        raise LahisError(f"unknown export format '{format}': use 'folded' or 'lora'")
+    print(f"wrote {out_dir} ({format}, {len(head_mask.changed_heads())} heads changed)")

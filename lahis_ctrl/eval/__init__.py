@@ -1,0 +1,1 @@
+"""Evaluation: QA metrics, perplexity probes, language ID, audits, statistics."""

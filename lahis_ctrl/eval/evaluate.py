@@ -1,0 +1,194 @@
+"""Evaluate head masks on extractive QA (XQuAD or the embedded sample): greedy generation, the paper's
+accuracy and SQuAD EM/F1, several masks in one run.
+
+Each mask (None = the original model) generates up to K new tokens per item with batched left-padded
+greedy decoding (lahis_ctrl.generation.greedy_generate). The continuation is decoded from the
+generated token ids only, so the prompt (which contains the answer) can never count as a correct answer.
+
+Files written under `out_dir` (all atomically; generations are kept per mask and batch, so an
+interrupted run resumes where it stopped):
+  * examples.jsonl - one line per (mask, item): id, lang, expected_lang, mask, prompt_style, generation,
+    gold (all gold answers), correct (paper accuracy), exact_match, f1. The off-target audit reads
+    `generation` and `expected_lang`;
+  * results.json - per mask: n, accuracy, exact_match, f1 (in [0, 1]) and the settings;
+  * results.md - the same as a table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from ..core.errors import LahisError
+from ..core.fileio import write_json, write_text
+from ..corpora.prompts import format_prompt
+from .qa_metrics import score_all
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("accuracy", "exact_match", "f1")
+
+
+@dataclass
+class EvalReport:
+    """What evaluate_masks returns: a summary per mask and every per-example record."""
+
+    lang: str
+    summary: dict[str, dict[str, float]]
+    records: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    out_dir: Optional[Path] = None
+
+    def table(self) -> str:
+        return format_table(self.summary, title=f"XQuAD-style QA, {self.lang}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lang": self.lang, "settings": self.settings, "summary": self.summary}
+
+
+def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") -> str:
+    """A Markdown table: mask | n | accuracy | EM | F1 (percent), plus the change against the first row."""
+    names = list(summary)
+    base = summary[names[0]] if names else None
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| mask | n | accuracy % | exact match % | F1 % | accuracy vs " + (names[0] if names else "-") + " |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        s = summary[name]
+        delta = 100 * (s["accuracy"] - base["accuracy"])
+        lines.append(f"| {name} | {int(s['n'])} | {100 * s['accuracy']:.1f} | {100 * s['exact_match']:.1f} | "
+                     f"{100 * s['f1']:.1f} | {delta:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mask_digest(mask) -> str:
+    if mask is None:
+        return "none"
+    return hashlib.sha256(mask.values.numpy().tobytes()).hexdigest()[:16]
+
+
+def _read_partial(path: Path, fingerprint: str) -> list[dict]:
+    """Records already generated for one mask (empty when absent or made with other settings)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+        log.warning("%s was made with other settings; generating it again", path)
+        return []
+    return [json.loads(line) for line in lines[1:]]
+
+
+def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: Sequence[dict], style: str = "paper",
+                   max_new_tokens: int = 10, batch_size: int = 8, out_dir: str | os.PathLike | None = None,
+                   progress: bool = False) -> EvalReport:
+    """Generate answers for `rows` under each mask and score them.
+
+    Args:
+        model, tokenizer: a transformers causal LM and its tokenizer.
+        lang: the language of the rows and the prompt (an XQuAD language).
+        masks: name -> HeadMask, mask file path, or None for the original model; evaluated in order.
+        rows: QA rows {id, context, question, answers{text}} (e.g. the reference test split).
+        style: prompt style, "paper" or "lm_eval".
+        max_new_tokens: K, the greedy continuation length (the reference: 10).
+        batch_size: prompts per generate call (left padding).
+        out_dir: where examples.jsonl / results.json / results.md go (and per-mask partial generations,
+            so an interrupted run resumes); None keeps everything in memory.
+        progress: tqdm progress bars.
+    """
+    from tqdm.auto import tqdm
+
+    from ..core.control import apply_head_mask
+    from ..core.lm import greedy_generate
+    from ..core.architecture import describe
+    from ..core.mask import as_mask
+
+    rows = list(rows)
+    if not rows:
+        raise LahisError("no rows to evaluate: the evaluation split is empty")
+    if not masks:
+        raise LahisError("no masks to evaluate: pass at least one (None means the original model)")
+    spec = describe(model)
+    # validate every mask before generating anything: a wrong file fails in a second, not after an hour
+    resolved = {name: (None if m is None else as_mask(m, spec)) for name, m in masks.items()}
+    prompts = [format_prompt(r, lang, style) for r in rows]
+    golds = [list(r["answers"]["text"]) for r in rows]
+    out = Path(out_dir) if out_dir is not None else None
+    settings = {"lang": lang, "style": style, "max_new_tokens": max_new_tokens, "items": len(rows),
+                "model": spec.name_or_path, "first_id": rows[0].get("id"), "last_id": rows[-1].get("id")}
+
+    records: list[dict] = []
+    summary: dict[str, dict[str, float]] = {}
+    for name, mask in resolved.items():
+        fingerprint = hashlib.sha256(json.dumps({**settings, "mask": _mask_digest(mask),
+                                                 "ids": [str(r.get("id")) for r in rows]}).encode()).hexdigest()[:16]
+        partial = out / "generations" / f"{_safe(name)}.jsonl" if out is not None else None
+        done = _read_partial(partial, fingerprint) if partial is not None else []
+        generations = [d["generation"] for d in done]
+        bar = tqdm(total=len(rows), initial=len(generations), desc=f"evaluate {name}", unit="item",
+                   disable=not progress)
+        try:
+            for start in range(len(generations), len(rows), batch_size):
+                chunk = prompts[start:start + batch_size]
+                if mask is None or mask.is_identity:
+                    new = greedy_generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size)
+                else:
+                    with apply_head_mask(model, mask):
+                        new = greedy_generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size)
+                generations.extend(new)
+                bar.update(len(new))
+                if partial is not None:  # checkpoint after every batch
+                    header = json.dumps({"fingerprint": fingerprint})
+                    body = "\n".join(json.dumps({"id": rows[i].get("id"), "generation": g}, ensure_ascii=False)
+                                     for i, g in enumerate(generations))
+                    write_text(partial, header + "\n" + body + "\n")
+        finally:
+            bar.close()
+        totals = dict.fromkeys(METRIC_NAMES, 0.0)
+        for row, gen, gold in zip(rows, generations, golds):
+            metrics = score_all(gen, gold)
+            for k in METRIC_NAMES:
+                totals[k] += metrics[k]
+            records.append({"id": row.get("id"), "lang": lang, "expected_lang": lang, "mask": name,
+                            "prompt_style": style, "generation": gen, "gold": gold,
+                            "correct": bool(metrics["accuracy"]), "exact_match": metrics["exact_match"],
+                            "f1": metrics["f1"]})
+        summary[name] = {"n": len(rows), **{k: totals[k] / len(rows) for k in METRIC_NAMES}}
+        log.info("%s: accuracy %.3f  EM %.3f  F1 %.3f", name, summary[name]["accuracy"],
+                 summary[name]["exact_match"], summary[name]["f1"])
+
+    report = EvalReport(lang=lang, summary=summary, records=records, settings=settings, out_dir=out)
+    if out is not None:
+        write_text(out / "examples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_json(out / "results.json", report.to_json())
+        write_text(out / "results.md", report.table())
+    return report
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "mask"
+
+
+def parse_mask_args(specs: Sequence[str]) -> dict[str, Optional[str]]:
+    """CLI mask list -> {name: path or None}: 'none' (the original model), 'NAME=PATH' or 'PATH' (named by its stem)."""
+    masks: dict[str, Optional[str]] = {}
+    for spec in specs:
+        if spec.lower() in ("none", "original"):
+            name, path = "original", None
+        elif "=" in spec:
+            name, path = spec.split("=", 1)
+            if path.lower() == "none":
+                path = None
+        else:
+            name, path = Path(spec).stem, spec
+        if path is not None and not Path(path).is_file():
+            raise LahisError(f"mask file not found: {path} (give 'none', NAME=PATH or PATH)")
+        if name in masks:
+            raise LahisError(f"two masks are named '{name}': use NAME=PATH to name them apart")
+        masks[name] = path
+    return masks

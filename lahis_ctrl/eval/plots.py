@@ -1,0 +1,165 @@
+"""PNG plots of LAHIS scores: per-language heatmaps, top-head overlap between languages, per-layer
+distribution of language-specific heads, and the ppl-cross matrix. matplotlib (Agg), written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from ..core.errors import LahisError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    from ..core.fileio import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise LahisError(f"plots are written as PNG; got '{path.suffix}' ({path})")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_heatmaps(scores_by_lang: Mapping[str, object], path) -> Path:
+    """One heatmap (layers down, heads across) of each language's scores, each with its own colour scale."""
+    from ..lahis.heads import _matrices
+
+    mats, facts = _matrices(scores_by_lang)
+    plt = _plt()
+    n = len(mats)
+    cols = min(n, 5)
+    rows = math.ceil(n / cols)
+    layers, heads = next(iter(mats.values())).shape
+    w = max(2.8, min(6.5, 0.18 * heads + 1.8))
+    h = max(2.5, min(8.0, 0.16 * layers + 1.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, constrained_layout=True)
+    for ax, (lang, t) in zip(axes.flat, mats.items()):
+        im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(lang)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"LAHIS scores {facts.get('model_name', '')}".strip())
+    return _save(fig, path)
+
+
+def overlap_matrix(scores_by_lang: Mapping[str, object], top: Optional[int] = None, q: float = 0.96) -> tuple[list[str], torch.Tensor, int]:
+    """(languages, [langs, langs] count of shared top heads, top): top-`top` heads, or those above the q quantile."""
+    from ..lahis.heads import _matrices, kept_heads
+
+    mats, _ = _matrices(scores_by_lang)
+    sets = {}
+    for lang, t in mats.items():
+        if top is None:
+            sets[lang] = set(kept_heads(t, q)[0])
+        else:
+            order = torch.sort(-t.flatten(), stable=True).indices[:top]
+            sets[lang] = {(int(i) // t.shape[1], int(i) % t.shape[1]) for i in order}
+    langs = list(mats)
+    m = torch.tensor([[len(sets[a] & sets[b]) for b in langs] for a in langs], dtype=torch.float32)
+    return langs, m, top if top is not None else -1
+
+
+def plot_overlap(scores_by_lang: Mapping[str, object], path, top: Optional[int] = None, q: float = 0.96) -> Path:
+    """Heatmap of how many top heads each pair of languages shares (diagonal: each language's set size)."""
+    langs, m, _ = overlap_matrix(scores_by_lang, top, q)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(langs), 0.8 + 0.6 * len(langs)))
+    im = ax.imshow(m.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(langs)), langs)
+    for i in range(len(langs)):
+        for j in range(len(langs)):
+            ax.text(j, i, int(m[i, j]), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_title(f"shared top heads ({'top ' + str(top) if top else f'above q={q}'})")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def plot_layer_distribution(classification: dict, path) -> Path:
+    """Stacked bars: language-specific heads per layer for each language, and the general heads."""
+    layers = classification["shape"][0]
+    langs = classification["languages"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * layers + 2), 3.5))
+    bottom = [0] * layers
+    for lang in langs:
+        counts = [0] * layers
+        for s in classification["per_language"][lang]["specific"]:
+            counts[s["layer"]] += 1
+        ax.bar(range(layers), counts, bottom=bottom, label=f"{lang} specific")
+        bottom = [a + b for a, b in zip(bottom, counts)]
+    general = [0] * layers
+    for g in classification["general"]:
+        general[g["layer"]] += 1
+    ax.bar(range(layers), general, bottom=bottom, label="general", color="lightgray", edgecolor="black", hatch="//")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("heads")
+    ax.set_xticks(range(layers))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"language-specific heads per layer (q={classification['q']}, min_rep={classification['min_rep']})")
+    ax.legend(fontsize="small", ncol=2)
+    return _save(fig, path)
+
+
+def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str, ylabel: str) -> Path:
+    """Grouped bars: one group per key of `data` (e.g. a language), one bar per series inside it (e.g. a mask).
+
+    Series are coloured consistently across groups; a series missing from a group leaves a gap.
+    """
+    groups = list(data)
+    if not groups:
+        raise LahisError(f"nothing to plot for {path}: no groups")
+    series = list(dict.fromkeys(name for g in groups for name in data[g]))
+    plt = _plt()
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * max(1, len(series)) * 0.45 + 2), 3.8))
+    for i, name in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [data[g].get(name, float("nan")) for g in groups]
+        ax.bar(xs, ys, width=width, label=name)
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=min(3, len(series)))
+    return _save(fig, path)
+
+
+def plot_ppl_cross(result: dict, path, metric: str = "corpus_ppl") -> Path:
+    """Heatmap of perplexity relative to the unmasked model: rows = text language, columns = zeroed heads."""
+    xs, ys = result["languages"], result["masked_languages"]
+    cols = ys + ["random"]
+    rel = torch.tensor([[result["masked"][y][x][metric] / result["baseline"][x][metric] for y in ys]
+                        + [result["random"][x][metric] / result["baseline"][x][metric]] for x in xs])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(cols), 1.0 + 0.6 * len(xs)))
+    im = ax.imshow(rel.numpy(), cmap="Reds")
+    ax.set_xticks(range(len(cols)), [f"{c} top-{result['k']}" if c != "random" else f"random {result['k']}" for c in cols],
+                  rotation=30, ha="right")
+    ax.set_yticks(range(len(xs)), xs)
+    for i in range(len(xs)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{rel[i, j]:.2f}", ha="center", va="center", fontsize="small")
+    ax.set_xlabel("heads zeroed")
+    ax.set_ylabel("text language")
+    ax.set_title(f"{metric} / unmasked")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)

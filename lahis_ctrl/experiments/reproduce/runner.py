@@ -1,0 +1,87 @@
+"""The step cache of `lahis reproduce`: the lazily loaded model and every step's stored result."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ...core.errors import LahisError
+
+
+from ...core.artifacts import fingerprint as _fingerprint
+
+
+class _Run:
+    """The state of one `reproduce` call: output folders, the lazily loaded model, and the step log."""
+
+    def __init__(self, model: str, dtype: str, device_map: Optional[str], device: Optional[str], out: Path,
+                 force: bool = False):
+        self.model_name, self.dtype, self.device_map, self.device = model, dtype, device_map, device
+        self.out, self.work = out, out / "work"
+        self.force = force
+        self.log: list[dict] = []
+        self._model = self._tok = None
+
+    # the model is loaded on first use: a rerun whose steps are all done never loads it
+    @property
+    def model(self):
+        if self._model is None:
+            from ...core.loading import load_model
+
+            t = time.perf_counter()
+            print(f"   loading {self.model_name} ({self.dtype}) ...", flush=True)
+            self._model = load_model(self.model_name, dtype=self.dtype, device_map=self.device_map)
+            if self.device and self.device_map is None:
+                self._model = self._model.to(self.device)
+            print(f"   loaded in {time.perf_counter() - t:.0f} s", flush=True)
+        return self._model
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            from ...core.loading import load_tokenizer
+
+            self._tok = load_tokenizer(self.model_name)
+        return self._tok
+
+    @property
+    def spec(self):
+        from ...core.architecture import describe
+
+        return describe(self.model)
+
+    def step(self, name: str, key: Any, fn: Callable[[], Any],
+             still_valid: Callable[[Any], bool] = lambda result: True) -> Any:
+        """fn()'s JSON-able result, or the stored one when this step already ran with the same `key` (and
+        `still_valid(stored result)`, e.g. the files it names still exist)."""
+        from ...core.fileio import read_json, write_json
+
+        path = self.work / "steps" / f"{name}.json"
+        fp = _fingerprint(key)
+        if path.is_file() and not self.force:
+            stored = read_json(path, "step result")
+            if stored.get("fingerprint") == fp and still_valid(stored["result"]):
+                print(f"   {name}: done in an earlier run ({stored.get('seconds', 0):.0f} s then), skipped", flush=True)
+                self.log.append({"step": name, "skipped": True, "seconds": stored.get("seconds", 0.0)})
+                return stored["result"]
+            print(f"   {name}: settings changed or files gone since the stored result; running it again", flush=True)
+        t = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t
+        write_json(path, {"fingerprint": fp, "key": key, "seconds": seconds, "result": result})
+        self.log.append({"step": name, "skipped": False, "seconds": seconds})
+        return result
+
+
+def _header(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _one_percent(spec, n: Optional[int]) -> int:
+    return int(n) if n is not None else max(2, int(0.01 * spec.num_layers * spec.num_heads))
+
+
+def _model_facts(spec) -> dict:
+    return {"name": spec.name_or_path, "model_type": spec.model_type, "layers": spec.num_layers,
+            "heads": spec.num_heads, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim}

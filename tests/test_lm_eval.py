@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -288,6 +289,7 @@ def test_registration_without_importing_lahis_ctrl(tmp_path):
 
 def _build(kind: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools reuses build/lib: stale files would pass
     code = f"from setuptools import build_meta as b; print(b.build_{kind}({str(out)!r}))"
     proc = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -301,7 +303,8 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "lahis_ctrl_lm_eval.pth" in names
     if kind == "wheel":
-        assert "_lahis_register.py" in names and "lahis_ctrl/tasks/xquad/xquad_de.yaml" in names
+        assert "_lahis_register.py" in names and "lahis_ctrl/integrations/lm_eval/tasks/xquad/xquad_de.yaml" in names
+        assert "lahis_ctrl/corpora/data/passages/en.txt" in names
         assert not any("__pycache__" in n for n in names)
     venv = tmp_path / "venv"
     subprocess.run([PY, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -321,6 +324,33 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
     assert (Path(where) / "xquad" / "xquad_de.yaml").is_file()
     if kind == "wheel":
         assert Path(where).is_relative_to(venv)
+    # the entry points, `python -m lahis_ctrl` and every task's !function reference work from the install
+    proc = subprocess.run([python, "-c", _ENTRY_PROBE], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **ENV_OFFLINE})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["main", "register", "functions-ok", "vllm-not-imported"], proc.stdout
+    help_text = subprocess.run([python, "-m", "lahis_ctrl", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300, env={**os.environ, **ENV_OFFLINE})
+    assert help_text.returncode == 0 and "reproduce" in help_text.stdout, help_text.stderr[-2000:]
+
+
+_ENTRY_PROBE = r"""
+import importlib, importlib.metadata as md, re, sys
+from pathlib import Path
+(script,) = [e for e in md.entry_points(group="console_scripts") if e.name == "lahis"]
+(plugin,) = [e for e in md.entry_points(group="vllm.general_plugins") if e.name == "lahis_ctrl"]
+print(script.load().__name__, plugin.load().__name__)
+from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
+refs = set()
+for y in Path(tasks_dir()).rglob("*"):
+    if y.is_file() and (y.suffix == ".yaml" or y.name.endswith("_yaml")):
+        refs.update(re.findall(r"!function\s+([\w.]+)", y.read_text()))
+assert refs, "no !function references found"
+for ref in sorted(refs):
+    module, _, name = ref.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name)), ref
+print("functions-ok", "vllm-not-imported" if "vllm" not in sys.modules else "vllm-imported")
+"""
 
 
 # ------------------------------------------------------------------------------------------ lahis eval

@@ -110,6 +110,23 @@ def test_smoke_run_writes_every_table_and_plot_and_a_rerun_skips_every_step(tiny
     assert {k: again[k] for k in first_numbers} == first_numbers
     assert all(s["skipped"] for s in again["steps"])
     assert "skipped (done earlier)" in (out / "report.md").read_text()
+
+    # a report folder written before step files became checkpoints (lahis-ctrl at b17bc17 wrote each step as
+    # {"fingerprint", "key", "seconds", "result"} and an untagged heads classification) is migrated, not recomputed
+    for path in (out / "work" / "steps").glob("*.json"):
+        stored = json.loads(path.read_text())
+        result = stored["state"]["result"]
+        if path.name == "scores.json":
+            result["classification"].pop("format")
+        path.write_text(json.dumps({"fingerprint": stored["fingerprint"], **stored["state"]}, indent=2))
+    capsys.readouterr()
+    assert _cli(*args) == 0
+    assert "0 step(s) ran, 12 skipped" in capsys.readouterr().out
+    migrated = {p.name: json.loads(p.read_text()) for p in (out / "work" / "steps").glob("*.json")}
+    assert all(m["format"] == "lahis-checkpoint/1" for m in migrated.values())
+    assert {k: json.loads((out / "results.json").read_text())[k] for k in first_numbers if k != "scores"} == \
+        {k: v for k, v in first_numbers.items() if k != "scores"}
+    before = _step_files(out)
     monkeypatch.undo()
 
     # changing one step's settings reruns that step only

@@ -40,8 +40,8 @@ def tiny_tokenizer():
 
 
 def _configs():
-    from transformers import (CohereConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
-                              Qwen2Config)
+    from transformers import (CohereConfig, Gemma3TextConfig, GPT2Config, GraniteConfig, LlamaConfig, MistralConfig,
+                              Phi3Config, Qwen2Config)
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                   num_attention_heads=4, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -55,12 +55,21 @@ def _configs():
                                                                           "full_attention", "sliding_attention"]),
         "cohere": lambda: CohereConfig(**common, num_key_value_heads=4),
         "phi3": lambda: Phi3Config(**common, num_key_value_heads=2),
+        # the logit transforms the LM core must reproduce: Gemma's final softcapping, Granite's logits_scaling and
+        # its other multipliers (Cohere's logit_scale is in "cohere")
+        "gemma3_softcap": lambda: Gemma3TextConfig(**{**common, "num_hidden_layers": 2}, num_key_value_heads=1,
+                                                   head_dim=16, sliding_window=8, final_logit_softcapping=3.0,
+                                                   layer_types=["sliding_attention", "full_attention"]),
+        "granite": lambda: GraniteConfig(**common, num_key_value_heads=2, logits_scaling=4.0, embedding_multiplier=2.0,
+                                         residual_multiplier=0.5, attention_multiplier=0.2),
         "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=256,
                                    bos_token_id=1, eos_token_id=2),
     }
 
 
 ARCHS = ("llama", "mistral", "qwen2", "gemma3", "cohere", "phi3", "gpt2")
+# ARCHS plus the configs that exist for the logit transforms (the LM core and head-layout tests run them all)
+ALL_ARCHS = ARCHS + ("gemma3_softcap", "granite")
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str = "eager", dtype=torch.float32):

@@ -64,7 +64,8 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], raw: Mappi
     """Write a safetensors file atomically, byte-reproducibly (sorted header)."""
     from safetensors.torch import save
 
-    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+    # a copy of each: safetensors refuses tensors that share memory (a view saved next to its base)
+    blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
                 metadata=encode_metadata(raw, facts) or None)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -134,11 +135,12 @@ def check_fits(what: str, facts: Mapping[str, Any], shape: tuple[int, int], spec
 
 
 class Checkpoint:
-    """Progress of one resumable unit of work, stored in one safetensors file with its fingerprint.
+    """Progress or result of one resumable unit of work in one file, stored with its fingerprint.
 
-    `load()` returns (tensors, state) or None when there is no checkpoint; a checkpoint made with other
-    settings is refused with a message that names the file and what differs, unless `replace=True`, in
-    which case it is ignored (and overwritten by the next `save`).
+    `.safetensors`: tensors plus a JSON state in the metadata (scoring, soft-mask training). `.json`: a JSON
+    state only (evaluation generations, `lahis reproduce` steps). `load()` returns (tensors, state) or None
+    when there is nothing to resume; a file made with other settings is refused with a message naming the
+    file, unless `replace=True`, in which case it is ignored (and overwritten by the next `save`).
     """
 
     FORMAT = "lahis-checkpoint/1"
@@ -146,24 +148,48 @@ class Checkpoint:
     def __init__(self, path: str | os.PathLike, fingerprint: str, what: str = "checkpoint", replace: bool = False):
         self.path, self.fingerprint, self.what, self.replace = Path(path), fingerprint, what, replace
 
-    def load(self) -> Optional[tuple[dict, dict]]:
+    @property
+    def _json(self) -> bool:
+        return self.path.suffix == ".json"
+
+    def read(self) -> Optional[tuple[dict, dict]]:
+        """(tensors, state) as stored, whatever its fingerprint; None when there is no file."""
         if not self.path.is_file():
             return None
+        if self._json:
+            from .fileio import read_json
+
+            obj = read_json(self.path, self.what)
+            if not isinstance(obj, dict):
+                raise LahisError(f"{self.path} is not a {self.what} (expected a JSON object)")
+            state = obj.get("state", {})
+            return {}, {**state, "fingerprint": obj.get("fingerprint")}
         tensors, meta = load_tensors(self.path, self.what)
         try:
-            state = json.loads(meta["state"]) if "state" in meta else {k: v for k, v in meta.items()}
+            state = json.loads(meta["state"]) if "state" in meta else dict(meta)
         except json.JSONDecodeError as exc:
             raise LahisError(f"{self.path}: unreadable {self.what} state ({exc}); move it away to start over") from exc
-        if state.get("fingerprint", meta.get("fingerprint")) != self.fingerprint:
+        return tensors, state
+
+    def load(self) -> Optional[tuple[dict, dict]]:
+        found = self.read()
+        if found is None:
+            return None
+        if found[1].get("fingerprint") != self.fingerprint:
             if self.replace:
                 return None
             raise LahisError(
                 f"{self.path} was written by a run with other settings: a {self.what} made from other texts or settings "
                 "(model, mode, lengths, seed...) cannot be resumed by this run; rerun with the same settings, or write "
                 "to another output")
-        return tensors, state
+        return found
 
     def save(self, tensors: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
+        if self._json:
+            from .fileio import write_json
+
+            state = {k: v for k, v in state.items() if k != "fingerprint"}
+            return write_json(self.path, {"format": self.FORMAT, "fingerprint": self.fingerprint, "state": state})
         return save_tensors(self.path, tensors, raw={"format": self.FORMAT,
                                                      "state": canonical_json({**state, "fingerprint": self.fingerprint})})
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from ..core.artifacts import Checkpoint, fingerprint
 from ..core.errors import LahisError
 from ..core.fileio import write_json, write_text
 from ..corpora.prompts import format_prompt
@@ -72,17 +73,6 @@ def _mask_digest(mask) -> str:
     return hashlib.sha256(mask.values.numpy().tobytes()).hexdigest()[:16]
 
 
-def _read_partial(path: Path, fingerprint: str) -> list[dict]:
-    """Records already generated for one mask (empty when absent or made with other settings)."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
-        log.warning("%s was made with other settings; generating it again", path)
-        return []
-    return [json.loads(line) for line in lines[1:]]
-
-
 def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: Sequence[dict], style: str = "paper",
                    max_new_tokens: int = 10, batch_size: int = 8, out_dir: str | os.PathLike | None = None,
                    progress: bool = False) -> EvalReport:
@@ -124,11 +114,12 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     records: list[dict] = []
     summary: dict[str, dict[str, float]] = {}
     for name, mask in resolved.items():
-        fingerprint = hashlib.sha256(json.dumps({**settings, "mask": _mask_digest(mask),
-                                                 "ids": [str(r.get("id")) for r in rows]}).encode()).hexdigest()[:16]
-        partial = out / "generations" / f"{_safe(name)}.jsonl" if out is not None else None
-        done = _read_partial(partial, fingerprint) if partial is not None else []
-        generations = [d["generation"] for d in done]
+        fp = fingerprint({**settings, "mask": _mask_digest(mask), "ids": [str(r.get("id")) for r in rows]})
+        # generations are kept per mask and batch; made with other settings, they are generated again
+        ckpt = Checkpoint(out / "generations" / f"{_safe(name)}.json", fp, "evaluation checkpoint",
+                          replace=True) if out is not None else None
+        found = ckpt.load() if ckpt is not None else None
+        generations = [d["generation"] for d in found[1]["generations"]] if found else []
         bar = tqdm(total=len(rows), initial=len(generations), desc=f"evaluate {name}", unit="item",
                    disable=not progress)
         try:
@@ -142,11 +133,9 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
                                               batch_size=batch_size)
                 generations.extend(new)
                 bar.update(len(new))
-                if partial is not None:  # checkpoint after every batch
-                    header = json.dumps({"fingerprint": fingerprint})
-                    body = "\n".join(json.dumps({"id": rows[i].get("id"), "generation": g}, ensure_ascii=False)
-                                     for i, g in enumerate(generations))
-                    write_text(partial, header + "\n" + body + "\n")
+                if ckpt is not None:  # checkpoint after every batch
+                    ckpt.save({}, {"generations": [{"id": rows[i].get("id"), "generation": g}
+                                                   for i, g in enumerate(generations)]})
         finally:
             bar.close()
         totals = dict.fromkeys(METRIC_NAMES, 0.0)

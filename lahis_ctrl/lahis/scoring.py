@@ -83,7 +83,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
     """LAHIS scores of `texts` (one language) for every attention head of `model`.
 
     Args:
-        model: a transformers causal LM (any architecture lahis_ctrl.introspect knows, or `arch=` override);
+        model: a transformers causal LM (any architecture lahis_ctrl.core.architecture knows, or `arch=` override);
             any dtype and device, including device_map-dispatched models. Its weights are left unchanged.
         tokenizer: the model's tokenizer.
         texts: the language's texts; each is truncated to `max_length` tokens and must have >= 2 tokens.
@@ -100,7 +100,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         source: where the texts came from (stored in the file's metadata).
         checkpoint: a file to save progress to every `checkpoint_every` texts; an existing one made with the
             same texts and settings is resumed, giving the same result as an uninterrupted run.
-        arch: architecture override for models lahis_ctrl does not know (see introspect.ArchSpec).
+        arch: architecture override for models lahis_ctrl does not know (see core.architecture.ArchSpec).
         check_loss: first check that the chunked loss equals the model's own loss on a short prefix.
         progress: show a tqdm progress bar.
     """

@@ -1,7 +1,7 @@
 """Soft head mask: learn a scale for a few attention heads (the top-n of a LAHIS score matrix) on QA.
 
 The model's weights stay frozen. A [layers, heads] tensor of scales, initialised to 1, multiplies each
-head's output (lahis_ctrl.control.scale_heads); only n heads are trainable (n = int(p * layers * heads),
+head's output (lahis_ctrl.core.control.scale_heads); only n heads are trainable (n = int(p * layers * heads),
 at least 1), and every other head's gradient is zeroed, so it ends exactly at 1.0. The loss is the
 cross-entropy of the answer tokens only, after a prompt in the target language (lahis_ctrl.prompts).
 AdamW (lr 1e-2) as in the reference; its decoupled weight decay is applied to the trainable heads only

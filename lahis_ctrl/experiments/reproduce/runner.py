@@ -6,9 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ...core.errors import LahisError
-
-
+from ...core.artifacts import Checkpoint
 from ...core.artifacts import fingerprint as _fingerprint
 
 
@@ -55,23 +53,57 @@ class _Run:
              still_valid: Callable[[Any], bool] = lambda result: True) -> Any:
         """fn()'s JSON-able result, or the stored one when this step already ran with the same `key` (and
         `still_valid(stored result)`, e.g. the files it names still exist)."""
-        from ...core.fileio import read_json, write_json
-
-        path = self.work / "steps" / f"{name}.json"
-        fp = _fingerprint(key)
-        if path.is_file() and not self.force:
-            stored = read_json(path, "step result")
-            if stored.get("fingerprint") == fp and still_valid(stored["result"]):
-                print(f"   {name}: done in an earlier run ({stored.get('seconds', 0):.0f} s then), skipped", flush=True)
-                self.log.append({"step": name, "skipped": True, "seconds": stored.get("seconds", 0.0)})
-                return stored["result"]
+        ckpt = step_checkpoint(self.work, name, key)
+        stored = None if self.force else load_step(ckpt)
+        if stored is not None and still_valid(stored["result"]):
+            print(f"   {name}: done in an earlier run ({stored.get('seconds', 0):.0f} s then), skipped", flush=True)
+            self.log.append({"step": name, "skipped": True, "seconds": stored.get("seconds", 0.0)})
+            return stored["result"]
+        if ckpt.path.is_file() and not self.force:
             print(f"   {name}: settings changed or files gone since the stored result; running it again", flush=True)
         t = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t
-        write_json(path, {"fingerprint": fp, "key": key, "seconds": seconds, "result": result})
+        ckpt.save({}, {"key": key, "seconds": seconds, "result": result})
         self.log.append({"step": name, "skipped": False, "seconds": seconds})
         return result
+
+
+def step_checkpoint(work: Path, name: str, key: Any) -> Checkpoint:
+    """The stored result of one step: <work>/steps/<name>.json, valid for settings with this key's fingerprint."""
+    return Checkpoint(Path(work) / "steps" / f"{name}.json", _fingerprint(key), "reproduce step result", replace=True)
+
+
+def load_step(ckpt: Checkpoint) -> Optional[dict]:
+    """The stored {"key", "seconds", "result"} of a step, or None when it is missing or its settings differ.
+
+    Step files written before checkpoints had a format ({"fingerprint", "key", "seconds", "result"} at the top
+    level) are migrated in place when they match: the finished step is kept, not recomputed.
+    """
+    found = ckpt.read()
+    if found is None:
+        return None
+    _, state = found
+    if "result" not in state and "format" not in _raw(ckpt.path):
+        state = migrate_legacy_step(_raw(ckpt.path))
+        if state.get("fingerprint") == ckpt.fingerprint:
+            ckpt.save({}, state)
+    if state.get("fingerprint") != ckpt.fingerprint or "result" not in state:
+        return None
+    return state
+
+
+def _raw(path: Path) -> dict:
+    from ...core.fileio import read_json
+
+    obj = read_json(path, "reproduce step result")
+    return obj if isinstance(obj, dict) else {}
+
+
+def migrate_legacy_step(obj: dict) -> dict:
+    """A pre-checkpoint step file as a checkpoint state (the same fingerprint, key, seconds and result)."""
+    return {"fingerprint": obj.get("fingerprint"), "key": obj.get("key"), "seconds": obj.get("seconds", 0.0),
+            "result": obj.get("result")}
 
 
 def _header(title: str) -> None:

@@ -26,7 +26,7 @@ def _scores_step(run: _Run, s: ScoringSettings, source: str, seed: int) -> dict:
         return {"files": {lang: str(run.work / "scores" / f"{lang}.safetensors") for lang in scores},
                 "texts": {lang: sc.num_texts for lang, sc in scores.items()},
                 "tokens": {lang: sc.num_tokens for lang, sc in scores.items()},
-                "classification": c, "model": _model_facts(run.spec)}
+                "classification": c.to_json(), "model": _model_facts(run.spec)}
 
     key = {"model": run.model_name, "dtype": run.dtype, "settings": dataclasses.asdict(s), "source": source,
            "seed": seed}

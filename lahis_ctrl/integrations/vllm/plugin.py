@@ -110,7 +110,7 @@ _LOCATORS: dict[str, tuple[str, str]] = {}
 
 
 def _o_proj_locator(hf_config) -> tuple[str, str]:
-    """(suffix, layout) of the output projection, found by lahis_ctrl.introspect on a weightless copy of
+    """(suffix, layout) of the output projection, found by lahis_ctrl.core.architecture on a weightless copy of
     the transformers model (the model masks are made on); suffix is the module path after the layer index."""
     key = hf_config.to_json_string(use_diff=False) + (os.environ.get(ARCH_ENV) or "")
     if key in _LOCATORS:

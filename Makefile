@@ -5,7 +5,7 @@ CONSTRAINTS ?= constraints.txt
 DATA ?= $(abspath ../shared/data)
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= demo,eval,test
+EXTRAS ?= demo,eval,lcb,test
 
 .PHONY: setup demo reproduce test test-fast test-vllm clean
 
@@ -52,7 +52,7 @@ $(VLLM_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	# pip picks CUDA builds of these, which break `import transformers`; text models do not need them
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip freeze --all | grep -iE '^(torch|transformers|tokenizers|setuptools)==' > $(VLLM_VENV)/pins.txt
-	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/pins.txt -e ".[eval,test]"
+	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/pins.txt -e ".[eval,lcb,test]"
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed

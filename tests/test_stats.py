@@ -1,0 +1,329 @@
+"""lahis_ctrl.eval.stats: known textbook values, calibration by simulation, edge cases and input checks.
+
+numpy only (no scipy): reference values are hard-coded from their sources or computed exactly with fractions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from lahis_ctrl.eval.stats import (
+    METHOD_MCNEMAR,
+    METHOD_SIGNFLIP,
+    Comparison,
+    bootstrap_mean_ci,
+    empirical_p,
+    holm,
+    mcnemar_exact,
+    minimum_detectable_effect,
+    paired_difference,
+    verdict,
+    wilson_interval,
+)
+
+NAN = float("nan")
+
+
+def binary_pairs(seed: int, n: int, rate_a: float, rate_b: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.random(n) < rate_a).astype(float), (rng.random(n) < rate_b).astype(float)
+
+
+# ---------------------------------------------------------------- Wilson
+
+
+# Newcombe RG (1998), "Two-sided confidence intervals for the single proportion: comparison of seven methods",
+# Statistics in Medicine 17:857-872, Table I, method 3 (Wilson score without continuity correction).
+@pytest.mark.parametrize("k, n, low, high", [
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+    (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718),
+    (29, 29, 0.8830, 1.0),
+    (0, 10, 0.0, 0.2775),
+])
+def test_wilson_newcombe_table(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert isinstance(lo, float) and isinstance(hi, float)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+
+
+def test_wilson_arrays_bounds_and_empty():
+    lo, hi = wilson_interval(np.array([0, 5, 10, 0]), np.array([10, 10, 10, 0]))
+    assert lo[0] == 0.0 and hi[2] == 1.0  # exact ends, no rounding residue
+    assert lo[1] == pytest.approx(1 - hi[1]) and lo[1] < 0.5 < hi[1]  # symmetric at p = 1/2
+    assert math.isnan(lo[3]) and math.isnan(hi[3])
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    narrow, wide = wilson_interval(40, 100, 0.80), wilson_interval(40, 100, 0.99)
+    assert wide[0] < narrow[0] < 0.4 < narrow[1] < wide[1]
+
+
+# ---------------------------------------------------------------- McNemar
+
+
+def exact_mcnemar_reference(n01: int, n10: int) -> float:
+    n, k = n01 + n10, min(n01, n10)
+    return min(1.0, float(Fraction(2 * sum(math.comb(n, i) for i in range(k + 1)), 2 ** n))) if n else 1.0
+
+
+def discordant(n01: int, n10: int, concordant: int = 0) -> tuple[list[int], list[int]]:
+    a = [0] * n01 + [1] * n10 + [1] * concordant
+    b = [1] * n01 + [0] * n10 + [1] * concordant
+    return a, b
+
+
+def test_mcnemar_published_example():
+    # Fagerland, Lydersen & Laake (2013), "The McNemar test for binary matched-pairs data: mid-p and asymptotic
+    # are better than exact conditional", BMC Med Res Methodol 13:91, Table 1 (Bentur et al. 2009, airway
+    # hyper-responsiveness before/after stem cell transplantation, 21 children): discordant 1 and 7,
+    # concordant 1 and 12. Exact conditional p = 2 * P(Bin(8, 1/2) <= 1) = 2 * 9/256 = 0.0703125 (paper: 0.070).
+    a = [1] * 1 + [1] * 1 + [0] * 7 + [0] * 12
+    b = [1] * 1 + [0] * 1 + [1] * 7 + [0] * 12
+    assert mcnemar_exact(a, b) == pytest.approx(0.0703125, abs=1e-12)
+    assert mcnemar_exact(b, a) == pytest.approx(0.0703125, abs=1e-12)  # two-sided: symmetric
+
+
+@pytest.mark.parametrize("n01, n10", [(0, 0), (0, 1), (3, 3), (0, 12), (150, 86), (40, 61), (1400, 1530)])
+def test_mcnemar_matches_exact_fractions(n01, n10):
+    assert mcnemar_exact(*discordant(n01, n10, concordant=5)) == pytest.approx(
+        exact_mcnemar_reference(n01, n10), rel=1e-9, abs=1e-300)
+
+
+def test_mcnemar_large_n_is_stable():
+    # 100,000 discordant pairs; reference: log pmf by lgamma, summed with fsum (independent of the cumsum path).
+    n01, n10 = 49_000, 51_000
+    n, k = n01 + n10, n01
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    ref = 2 * math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
+    p = mcnemar_exact(*discordant(n01, n10))
+    assert 0 < p < 1e-9 and p == pytest.approx(ref, rel=1e-7)
+    assert mcnemar_exact(*discordant(50_000, 50_000)) == 1.0
+
+
+# ---------------------------------------------------------------- paired_difference
+
+
+def test_bootstrap_coverage_near_nominal():
+    # 600 replicates: the binomial SE of the coverage is then ~0.009, so [0.91, 0.98] is a > 3 SE band around 0.95.
+    true_diff, covered, reps = 0.3, 0, 600
+    for seed in range(reps):
+        rng = np.random.default_rng(10_000 + seed)
+        a = rng.normal(0.0, 1.0, 100)
+        b = a + rng.normal(true_diff, 1.0, 100)
+        c = paired_difference(a, b, n_resamples=1000, seed=seed)
+        covered += c.ci[0] <= true_diff <= c.ci[1]
+    assert 0.91 <= covered / reps <= 0.98
+
+
+def test_planted_effect_holds():
+    for seed in range(5):
+        a, b = binary_pairs(seed, 400, 0.50, 0.65)
+        c = paired_difference(a, b, seed=seed, unit="accuracy")
+        assert c.method == METHOD_MCNEMAR and c.n == 400
+        assert c.ci[0] < c.effect < c.ci[1]
+        assert verdict(c, +1) == "holds"
+        assert verdict(c, -1) == "does not hold"
+
+
+def test_pure_noise_false_positive_rate_near_alpha():
+    holds = significant = 0
+    reps = 200
+    for seed in range(reps):
+        a, b = binary_pairs(1000 + seed, 400, 0.5, 0.5)
+        c = paired_difference(a, b, n_resamples=500, seed=seed)
+        holds += verdict(c, +1) == "holds"
+        significant += c.p_value < 0.05
+    assert holds / reps <= 0.05  # one-sided claim: ~alpha/2 expected
+    assert 0.01 <= significant / reps <= 0.10  # exact McNemar is a little conservative
+
+
+def test_sign_flip_null_calibration_and_power():
+    reps, significant = 200, 0
+    for seed in range(reps):
+        rng = np.random.default_rng(5000 + seed)
+        a = rng.normal(10.0, 2.0, 60)
+        significant += paired_difference(a, a + rng.normal(0, 1, 60), n_resamples=500, seed=seed).p_value < 0.05
+    assert 0.01 <= significant / reps <= 0.10
+    rng = np.random.default_rng(7)
+    a = rng.normal(10.0, 2.0, 200)
+    c = paired_difference(a, a + rng.normal(-0.5, 1, 200), seed=1, unit="ppl")
+    assert c.method == METHOD_SIGNFLIP and c.p_value < 0.01 and c.ci[1] < 0
+    assert verdict(c, -1) == "holds"
+
+
+def test_sign_flip_matches_exact_permutation_p():
+    # d = (1, 2, 3): of the 8 sign vectors only (+,+,+) and (-,-,-) reach |sum| >= 6, so the exact p is 2/8.
+    c = paired_difference([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], n_resamples=20_000, seed=3, binary=False)
+    assert c.p_value == pytest.approx(0.25, abs=0.01)
+    # With only 1 + R resamples the smallest attainable p is 1 / (1 + R).
+    c = paired_difference(np.zeros(50), np.arange(1.0, 51.0), n_resamples=99, seed=0)
+    assert c.p_value == pytest.approx(0.01)
+
+
+def test_nan_pairs_are_dropped():
+    a = [1, 0, NAN, 1, 0, 1, 0, 0, 1, 0]
+    b = [1, 1, 1, NAN, 1, 1, 0, 1, 1, NAN]
+    c = paired_difference(a, b, seed=4)
+    keep = [0, 1, 4, 5, 6, 7, 8]
+    ref = paired_difference([a[i] for i in keep], [b[i] for i in keep], seed=4)
+    assert c == ref and c.n == 7 and c.method == METHOD_MCNEMAR
+    assert c.effect == pytest.approx(3 / 7)
+
+
+def test_all_nan_and_all_zero_differences():
+    c = paired_difference([NAN, 1.0], [0.0, NAN])
+    assert c.n == 0 and math.isnan(c.effect) and math.isnan(c.p_value) and all(math.isnan(v) for v in c.ci)
+    assert c.to_dict()["effect"] is None and c.to_dict()["ci"] == [None, None]
+    assert verdict(c, +1) == "inconclusive"
+    for a in ([1.0, 0.0, 1.0], [0.3, 2.5, 7.0]):
+        c = paired_difference(a, a)
+        assert (c.effect, c.ci, c.p_value, c.n) == (0.0, (0.0, 0.0), 1.0, 3)
+
+
+def test_determinism_and_seed():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=300), rng.normal(0.1, 1, size=300)
+    assert paired_difference(a, b, seed=11) == paired_difference(a, b, seed=11)
+    assert paired_difference(a, b, seed=11).ci != paired_difference(a, b, seed=12).ci
+    assert bootstrap_mean_ci(b - a, seed=5) == bootstrap_mean_ci(b - a, seed=5)
+
+
+def test_binary_flag_and_to_dict():
+    a, b = binary_pairs(2, 50, 0.4, 0.6)
+    assert paired_difference(a, b).method == METHOD_MCNEMAR
+    assert paired_difference(a, b, binary=False).method == METHOD_SIGNFLIP
+    assert paired_difference(a + 0.5, b, binary=None).method == METHOD_SIGNFLIP
+    d = paired_difference(a, b, unit="acc").to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert set(d) == {"effect", "ci", "p_value", "n", "unit", "method", "confidence"}
+    assert type(d["effect"]) is float and type(d["n"]) is int and len(d["ci"]) == 2 and d["unit"] == "acc"
+
+
+def test_bootstrap_mean_ci():
+    x = np.r_[np.arange(100.0), NAN]
+    mean, low, high = bootstrap_mean_ci(x, seed=1)
+    assert mean == pytest.approx(49.5) and low < 49.5 < high
+    # Standard error of the mean is ~2.9, so a 95% interval is roughly mean +- 5.7.
+    assert high - low == pytest.approx(2 * 1.96 * np.std(x[:-1]) / 10, rel=0.15)
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([NAN, NAN]))
+
+
+# ---------------------------------------------------------------- empirical_p, holm, MDE
+
+
+def test_empirical_p_edges():
+    null = np.array([0.1, 0.2, 0.2, 0.3, -0.4])
+    assert empirical_p(1.0, null) == pytest.approx(1 / 6)  # beats every draw: the smallest possible p
+    assert empirical_p(-1.0, null) == 1.0
+    assert empirical_p(0.2, null) == pytest.approx(4 / 6)  # ties count against the effect
+    assert empirical_p(-0.2, -null, "less") == empirical_p(0.2, null, "greater")
+    assert empirical_p(-0.35, null, "two-sided") == pytest.approx(2 / 6)  # |-0.4| >= 0.35
+    assert empirical_p(0.25, [0.1, NAN, 0.3]) == pytest.approx(2 / 3)  # NaN draws dropped
+    assert math.isnan(empirical_p(NAN, null))
+
+
+def test_holm_known_values():
+    # Worked example of the Wikipedia article "Holm-Bonferroni method": p = 0.01, 0.04, 0.03, 0.005 (m = 4).
+    # Sorted: 4*0.005 = 0.02, 3*0.01 = 0.03, 2*0.03 = 0.06, 1*0.04 = 0.04 -> running max 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.01, NAN, 0.04])  # NaN passes through and m = 2
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.6, 0.9]) == [1.0, 1.0, 1.0]
+    assert holm([]) == []
+    rng = np.random.default_rng(0)
+    p = rng.random(30) ** 3
+    adj = np.array(holm(p))
+    order = np.argsort(p)
+    assert np.all(np.diff(adj[order]) >= 0) and np.all(adj >= p) and np.all(adj <= 1)
+
+
+def test_minimum_detectable_effect():
+    z = 1.959963984540054 + 0.8416212335729143  # z(0.975) + z(0.80)
+    # Unpaired: 2.8016 * sqrt(2 * 0.5 * 0.5 / 400) = 0.09905 (about 10 points on 400 items).
+    assert minimum_detectable_effect(400, 0.5) == pytest.approx(z * math.sqrt(0.5 / 400), rel=1e-9)
+    assert minimum_detectable_effect(400, 0.5) == pytest.approx(0.09905, abs=1e-5)
+    # Paired, 20% of items change: 2.8016 * sqrt(0.2 / 400) = 0.06265.
+    assert minimum_detectable_effect(400, 0.5, discordant_rate=0.2) == pytest.approx(0.06265, abs=1e-5)
+    mdes = [minimum_detectable_effect(n, 0.3) for n in (50, 100, 400, 1190, 10_000)]
+    assert all(x > y for x, y in zip(mdes, mdes[1:]))
+    assert minimum_detectable_effect(400, 0.5, alpha=0.01) > minimum_detectable_effect(400, 0.5)
+    assert minimum_detectable_effect(400, 0.5, power=0.9) > minimum_detectable_effect(400, 0.5)
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def cmp(effect, low, high, p):
+    return Comparison(effect=effect, ci=(low, high), p_value=p, n=100)
+
+
+def test_verdict_rules():
+    assert verdict(cmp(0.10, 0.05, 0.15, 0.001), +1) == "holds"
+    assert verdict(cmp(0.10, 0.05, 0.15, 0.001), -1) == "does not hold"
+    assert verdict(cmp(-0.10, -0.15, -0.05, 0.001), -1) == "holds"
+    assert verdict(cmp(0.02, -0.01, 0.05, 0.30), +1) == "inconclusive"
+    assert verdict(cmp(0.10, 0.05, 0.15, 0.001), +1, adjusted_p=0.2) == "inconclusive"
+    assert verdict(cmp(0.10, 0.05, 0.15, NAN), +1) == "inconclusive"
+    assert verdict(cmp(0.10, -0.01, 0.21, 0.04), +1) == "inconclusive"  # p and CI disagree: not enough
+    assert verdict(cmp(0.10, 0.06, 0.14, 0.001), +1, null_value=0.05) == "holds"
+    assert verdict(cmp(0.10, 0.06, 0.14, 0.001), +1, null_value=0.08) == "inconclusive"
+
+
+def test_verdict_paper_effect():
+    small = cmp(0.005, -0.02, 0.03, 0.6)
+    assert verdict(small, +1, paper_effect=0.05) == "does not hold"  # paper's +5 points ruled out
+    assert verdict(small, +1, paper_effect=0.02) == "inconclusive"  # paper's size still inside the CI
+    assert verdict(cmp(-0.005, -0.03, 0.02, 0.6), -1, paper_effect=-0.05) == "does not hold"
+    # A real but clearly smaller effect than the paper's fails the size claim.
+    assert verdict(cmp(0.02, 0.01, 0.03, 0.001), +1, paper_effect=0.05) == "does not hold"
+    # Larger than the paper's size is not "the other side".
+    assert verdict(cmp(0.10, 0.08, 0.12, 0.001), +1, paper_effect=0.05) == "holds"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("call", [
+    lambda: paired_difference([1, 2], [1]),
+    lambda: paired_difference([], []),
+    lambda: paired_difference([[1, 2]], [[1, 2]]),
+    lambda: paired_difference([1.0, math.inf], [1.0, 2.0]),
+    lambda: paired_difference([1, 0], [0, 1], confidence=1.0),
+    lambda: paired_difference([1, 0], [0, 1], confidence=0.0),
+    lambda: paired_difference([1, 0], [0, 1], confidence=95),
+    lambda: paired_difference([1, 0], [0, 1], n_resamples=0),
+    lambda: paired_difference([1, 0.5], [0, 1], binary=True),
+    lambda: wilson_interval(-1, 10),
+    lambda: wilson_interval(11, 10),
+    lambda: wilson_interval(1, -1),
+    lambda: wilson_interval(np.array([1, 5]), np.array([2, 4])),
+    lambda: wilson_interval(1, 10, confidence=1.5),
+    lambda: mcnemar_exact([0, 2], [1, 0]),
+    lambda: mcnemar_exact([0, 1], [1]),
+    lambda: bootstrap_mean_ci([]),
+    lambda: bootstrap_mean_ci([1.0, 2.0], confidence=-0.1),
+    lambda: empirical_p(0.1, []),
+    lambda: empirical_p(0.1, [NAN]),
+    lambda: empirical_p(0.1, [0.2], alternative="bigger"),
+    lambda: holm([0.5, 1.2]),
+    lambda: holm([-0.1]),
+    lambda: minimum_detectable_effect(0, 0.5),
+    lambda: minimum_detectable_effect(100, 0.0),
+    lambda: minimum_detectable_effect(100, 1.2),
+    lambda: minimum_detectable_effect(100, 0.5, alpha=0.0),
+    lambda: minimum_detectable_effect(100, 0.5, power=1.0),
+    lambda: minimum_detectable_effect(100, 0.5, discordant_rate=0.0),
+    lambda: verdict(cmp(0.1, 0.05, 0.15, 0.01), 0),
+    lambda: verdict(cmp(0.1, 0.05, 0.15, 0.01), +1, alpha=1.5),
+])
+def test_bad_input_raises_value_error(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert message.endswith(".") and message.count(". ") == 0  # one clear sentence

@@ -3,7 +3,7 @@
 Parameters without defaults are positional (`lahis info MODEL`); keyword-only ones are options
 (`lahis export --model M --mask m.safetensors --out DIR`).
 
-The command functions live in this package (model_cmds, lahis_cmds, eval_cmds); `reproduce` and `demo` are
+The command functions live in this package (model_cmds, lahis_cmds, eval_cmds, audit_cmds); `reproduce` and `demo` are
 the experiments layer's own typed entry points. Nothing below the CLI imports it. Errors meant for users
 (LahisError) print as one line and exit with status 2, without a traceback.
 """
@@ -22,12 +22,12 @@ COMMANDS: dict[str, str] = {
     "demo": "lahis_ctrl.experiments.demo:demo",
     "train-mask": "lahis_ctrl.cli.lahis_cmds:train_mask",
     "evaluate": "lahis_ctrl.cli.eval_cmds:evaluate",
-    "eval": "lahis_ctrl.cli.eval_cmds:eval_cmd",
+    "eval": "lahis_ctrl.cli.audit_cmds:eval_cmd",
     "score": "lahis_ctrl.cli.lahis_cmds:score",
     "heads": "lahis_ctrl.cli.lahis_cmds:heads",
     "plot": "lahis_ctrl.cli.lahis_cmds:plot",
     "ppl": "lahis_ctrl.cli.eval_cmds:ppl",
-    "audit": "lahis_ctrl.cli.eval_cmds:audit",
+    "audit": "lahis_ctrl.cli.audit_cmds:audit",
     "reproduce": "lahis_ctrl.experiments.reproduce:reproduce",
 }
 

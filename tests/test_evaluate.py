@@ -84,7 +84,7 @@ def test_bad_inputs(llama, tok, tmp_path):
 def test_format_table():
     table = format_table({"original": {"n": 10, "accuracy": 0.5, "exact_match": 0.2, "f1": 0.3},
                           "lahis": {"n": 10, "accuracy": 0.6, "exact_match": 0.2, "f1": 0.35}})
-    assert "| lahis | 10 | 60.0 | 20.0 | 35.0 | +10.0 |" in table
+    assert "| lahis | 10 | 60.0 [31.3, 83.2] | 20.0 | 35.0 | +10.0 |" in table  # Wilson 6/10: 0.313-0.832
 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
@@ -110,3 +110,22 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--lang", "xx", "--model", str(model_dir), "--data", "embedded"]) == 2
     assert main(["train-mask", "--lang", "en", "--model", str(model_dir), "--data", "embedded"]) == 2  # no scores
     assert "lahis: error:" in capsys.readouterr().err
+
+
+def test_masks_are_compared_pairwise_with_intervals_and_exact_mcnemar():
+    from lahis_ctrl.eval.evaluate import compare_masks
+
+    # 10 items: the second mask fixes items 0-5 and breaks item 9 (6 vs 1 discordant pairs)
+    base = [0] * 9 + [1]
+    other = [1] * 6 + [0] * 4
+    records = [{"mask": "original", "correct": bool(c), "exact_match": float(c), "f1": float(c)} for c in base]
+    records += [{"mask": "lahis", "correct": bool(c), "exact_match": float(c), "f1": float(c)} for c in other]
+    c = compare_masks(records, "original")["lahis"]["accuracy"]
+    assert c["effect"] == pytest.approx(0.5) and c["n"] == 10
+    assert c["p_value"] == pytest.approx(2 * (1 + 7) / 2 ** 7)  # exact McNemar: 2 P(X <= 1), X ~ Bin(7, 1/2)
+    assert c["ci"][0] <= 0.5 <= c["ci"][1]
+    assert c["method"].endswith("exact McNemar p")
+    table = format_table({"original": {"n": 10, "accuracy": 0.1, "exact_match": 0.1, "f1": 0.1},
+                          "lahis": {"n": 10, "accuracy": 0.6, "exact_match": 0.6, "f1": 0.6}},
+                         comparisons={"lahis": {"accuracy": c}})
+    assert "| lahis | 10 | 60.0 [31.3, 83.2] | 60.0 | 60.0 | +50.0 [" in table and "p=0.125" in table

@@ -181,9 +181,11 @@ def test_all_nan_and_all_zero_differences():
     assert c.n == 0 and math.isnan(c.effect) and math.isnan(c.p_value) and all(math.isnan(v) for v in c.ci)
     assert c.to_dict()["effect"] is None and c.to_dict()["ci"] == [None, None]
     assert verdict(c, +1) == "inconclusive"
-    for a in ([1.0, 0.0, 1.0], [0.3, 2.5, 7.0]):
-        c = paired_difference(a, a)
-        assert (c.effect, c.ci, c.p_value, c.n) == (0.0, (0.0, 0.0), 1.0, 3)
+    c = paired_difference([0.3, 2.5, 7.0], [0.3, 2.5, 7.0])
+    assert (c.effect, c.ci, c.p_value, c.n) == (0.0, (0.0, 0.0), 1.0, 3)
+    # binary outcomes without a discordant pair: Newcombe's interval stays informative (a bootstrap gives [0, 0])
+    c = paired_difference([1.0, 0.0, 1.0], [1.0, 0.0, 1.0])
+    assert (c.effect, c.p_value, c.n) == (0.0, 1.0, 3) and c.ci[0] < -0.3 and c.ci[1] > 0.3
 
 
 def test_determinism_and_seed():
@@ -327,3 +329,42 @@ def test_bad_input_raises_value_error(call):
         call()
     message = str(info.value)
     assert message.endswith(".") and message.count(". ") == 0  # one clear sentence
+
+
+def test_combined_empirical_p_is_the_exact_rank_sum_distribution():
+    from lahis_ctrl.eval.stats import combined_empirical_p
+
+    # two languages, one draw each: ranks 1 or 2; both rank 1 happens with probability 1/4
+    assert combined_empirical_p([0.5, 0.5], 1) == pytest.approx(0.25)
+    assert combined_empirical_p([1.0, 0.5], 1) == pytest.approx(0.75)
+    assert combined_empirical_p([1.0, 1.0], 1) == pytest.approx(1.0)
+    # 8 languages each beating all 20 draws: (1/21)^8
+    assert combined_empirical_p([1 / 21] * 8, 20) == pytest.approx(21.0 ** -8)
+    assert combined_empirical_p([1 / 21], 20) == pytest.approx(1 / 21)
+    assert math.isnan(combined_empirical_p([float("nan")], 20))
+    with pytest.raises(ValueError):
+        combined_empirical_p([0.3], 20)  # not r / 21
+
+
+def test_newcombe_paired_interval():
+    from lahis_ctrl.eval.stats import newcombe_paired_interval, wilson_interval
+
+    # cells n11=36, n10=12, n01=2, n00=0 (n=50): p_a=0.96, p_b=0.76; hand-computed from the method-10 formula
+    a = [1] * 36 + [1] * 12 + [0] * 2
+    b = [1] * 36 + [0] * 12 + [1] * 2
+    low, high = newcombe_paired_interval(a, b)
+    assert low == pytest.approx(-0.341, abs=1e-3) and high == pytest.approx(-0.057, abs=1e-3)  # 4-digit hand arithmetic
+    # all outcomes 0 in both: phi undefined (0), the interval is the two Wilson half-widths
+    _, u = wilson_interval(0, 20)
+    assert newcombe_paired_interval([0] * 20, [0] * 20) == pytest.approx((-u, u))
+    # coverage near 95% on correlated paired binary data with a true difference
+    rng, covered, reps = np.random.default_rng(1), 0, 600
+    for _ in range(reps):
+        a = (rng.random(60) < 0.4).astype(float)
+        flip = rng.random(60)
+        b = np.where(flip < 0.25, 1 - a, a)  # 25% of items change, more often 0 -> 1
+        b = np.where((a == 1) & (flip < 0.1), 1.0, b)
+        true = 0.6 * 0.25 - 0.4 * 0.15  # E[b - a] = P(a=0) P(flip) - P(a=1) P(0.1 <= flip < 0.25)
+        low, high = newcombe_paired_interval(a, b)
+        covered += low <= true <= high
+    assert 0.92 <= covered / reps <= 0.99

@@ -47,7 +47,7 @@ def evaluate(*, lang: str, masks: list[str] = ["none"], model: str = "gemma-3-27
 
 
 def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
-        languages: Optional[list[str]] = None, n: Optional[int] = None, k: int = 3, random_trials: int = 3,
+        languages: Optional[list[str]] = None, n: Optional[int] = None, k: int = 3, random_trials: int = 20,
         max_length: int = 512, batch_size: int = 4, dtype: str = "auto", device_map: Optional[str] = None,
         seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None, out: Path = Path("runs/ppl")) -> None:
     """Perplexity of each language with each language's top-k specific heads zeroed, vs k random heads.
@@ -63,7 +63,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
         languages: languages to evaluate (default: the scored ones).
         n: texts per language (default: all local texts; 1000 for wikipedia).
         k: heads zeroed per language.
-        random_trials: draws of k random heads.
+        random_trials: draws of k random heads per language (the random baseline is their distribution).
         max_length: tokens per text.
         batch_size: texts per forward pass.
         dtype: model dtype.
@@ -78,7 +78,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
     from ..lahis.heads import load_scores
     from ..core.loading import load_model, load_tokenizer
     from ..eval.plots import plot_ppl_cross
-    from ..eval.ppl import format_table, ppl_cross
+    from ..eval.ppl import format_comparisons, format_table, ppl_cross
 
     scored = load_scores(scores)
     languages = languages or list(scored)
@@ -92,7 +92,9 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
     out = Path(out)
     write_json(out / "ppl_cross.json", result)
     md = (f"## corpus perplexity (k={k})\n\n{format_table(result, 'corpus_ppl')}\n\n"
-          f"## mean per-text exp(loss) (the reference's)\n\n{format_table(result, 'mean_text_ppl')}\n")
+          f"## mean per-text exp(loss) (the reference's)\n\n{format_table(result, 'mean_text_ppl')}\n\n"
+          f"## paired comparisons (increase of the per-text log-perplexity, nats/token; 95% CI, p)\n\n"
+          f"{format_comparisons(result)}\n")
     write_text(out / "ppl_cross.md", md)
     plot_ppl_cross(result, out / "ppl_cross.png")
     print(md)

@@ -329,10 +329,12 @@ def check_loss_matches(model, ids: Sequence[int], parts: Optional[LMParts] = Non
 # ====================================================================== generation
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 8,
-                    progress: bool = False, add_special_tokens: bool = True) -> list[str]:
+                    progress: bool = False, add_special_tokens: bool = True,
+                    stop: Optional[Sequence[str]] = None) -> list[str]:
     """Greedy continuations of `prompts`, batched with left padding (every row's continuation starts at the
     same column). The continuation is decoded from the generated token ids alone (output[:, prompt_len:]),
-    so text of the prompt can never leak into it. The tokenizer is not modified."""
+    so text of the prompt can never leak into it. `stop`: strings that end a continuation (generation stops
+    once every row has one; each continuation is cut before its first). The tokenizer is not modified."""
     from tqdm.auto import tqdm
 
     pad = pad_id(tokenizer)
@@ -342,8 +344,12 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         chunk = list(prompts[start:start + batch_size])
         seqs = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
         ids, mask = pad_batch(seqs, pad, device, side="left")  # [batch, width]
+        extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             num_beams=1, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
+                             num_beams=1, pad_token_id=pad, top_p=None, top_k=None, temperature=None, **extra)
         new_ids = out[:, ids.shape[1]:]  # [batch, new_tokens]
-        outputs.extend(tokenizer.batch_decode(new_ids, skip_special_tokens=True))
+        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        for s in stop or ():
+            texts = [t.split(s, 1)[0] for t in texts]
+        outputs.extend(texts)
     return outputs

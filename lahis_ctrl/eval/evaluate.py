@@ -10,8 +10,9 @@ interrupted run resumes where it stopped):
   * examples.jsonl - one line per (mask, item): id, lang, expected_lang, mask, prompt_style, generation,
     gold (all gold answers), correct (paper accuracy), exact_match, f1. The off-target audit reads
     `generation` and `expected_lang`;
-  * results.json - per mask: n, accuracy, exact_match, f1 (in [0, 1]) and the settings;
-  * results.md - the same as a table.
+  * results.json - per mask: n, accuracy, exact_match, f1 (in [0, 1]) and the settings, and each mask's paired
+    comparison with the first one (effect, 95% CI, p: exact McNemar for accuracy/EM, sign-flip for F1);
+  * results.md - the same as a table (accuracies with Wilson intervals).
 """
 
 from __future__ import annotations
@@ -37,33 +38,61 @@ METRIC_NAMES = ("accuracy", "exact_match", "f1")
 
 @dataclass
 class EvalReport:
-    """What evaluate_masks returns: a summary per mask and every per-example record."""
+    """What evaluate_masks returns: a summary per mask, the paired comparisons, and every per-example record."""
 
     lang: str
     summary: dict[str, dict[str, float]]
     records: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)
     out_dir: Optional[Path] = None
+    comparisons: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def table(self) -> str:
-        return format_table(self.summary, title=f"XQuAD-style QA, {self.lang}")
+        return format_table(self.summary, title=f"XQuAD-style QA, {self.lang}", comparisons=self.comparisons)
 
     def to_json(self) -> dict[str, Any]:
-        return {"lang": self.lang, "settings": self.settings, "summary": self.summary}
+        return {"lang": self.lang, "settings": self.settings, "summary": self.summary,
+                "comparisons": self.comparisons}
 
 
-def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") -> str:
-    """A Markdown table: mask | n | accuracy | EM | F1 (percent), plus the change against the first row."""
+def outcomes(records: Sequence[Mapping], mask: str) -> dict[str, list[float]]:
+    """Per-item outcomes of one mask, in item order: {"accuracy": 0/1, "exact_match": 0/1, "f1": [0, 1]}."""
+    rows = [r for r in records if r["mask"] == mask]
+    return {"accuracy": [float(r["correct"]) for r in rows], "exact_match": [float(r["exact_match"]) for r in rows],
+            "f1": [float(r["f1"]) for r in rows]}
+
+
+def compare_masks(records: Sequence[Mapping], baseline: str, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Each mask against `baseline` on the same items: {mask: {metric: Comparison dict}} (paired bootstrap CI;
+    exact McNemar p for accuracy and EM, sign-flip p for F1)."""
+    from .stats import paired_difference
+
+    base = outcomes(records, baseline)
+    names = list(dict.fromkeys(r["mask"] for r in records))
+    return {name: {k: paired_difference(base[k], v, seed=seed, unit="share of items").to_dict()
+                   for k, v in outcomes(records, name).items()}
+            for name in names if name != baseline}
+
+
+def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "",
+                 comparisons: Optional[Mapping[str, Mapping[str, Mapping]]] = None) -> str:
+    """A Markdown table: mask | n | accuracy [95% Wilson CI] | EM | F1 (percent), and each mask's paired change in
+    accuracy against the first row (95% CI, p)."""
+    from .stats import format_effect, wilson_interval
+
     names = list(summary)
-    base = summary[names[0]] if names else None
     lines = [f"### {title}", ""] if title else []
-    lines += ["| mask | n | accuracy % | exact match % | F1 % | accuracy vs " + (names[0] if names else "-") + " |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name in names:
+    lines += ["| mask | n | accuracy % [95% CI] | exact match % | F1 % | accuracy vs " + (names[0] if names else "-")
+              + " (points, 95% CI, p) |", "|---|---:|---:|---:|---:|---|"]
+    for i, name in enumerate(names):
         s = summary[name]
-        delta = 100 * (s["accuracy"] - base["accuracy"])
-        lines.append(f"| {name} | {int(s['n'])} | {100 * s['accuracy']:.1f} | {100 * s['exact_match']:.1f} | "
-                     f"{100 * s['f1']:.1f} | {delta:+.1f} |")
+        n = int(s["n"])
+        low, high = wilson_interval(round(s["accuracy"] * n), n)
+        c = (comparisons or {}).get(name, {}).get("accuracy")
+        delta = "" if i == 0 else (format_effect(c, scale=100, digits=1) if c else
+                                   f"{100 * (s['accuracy'] - summary[names[0]]['accuracy']):+.1f}")
+        lines.append(f"| {name} | {n} | {100 * s['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | "
+                     f"{100 * s['exact_match']:.1f} | {100 * s['f1']:.1f} | {delta} |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +180,9 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
         log.info("%s: accuracy %.3f  EM %.3f  F1 %.3f", name, summary[name]["accuracy"],
                  summary[name]["exact_match"], summary[name]["f1"])
 
-    report = EvalReport(lang=lang, summary=summary, records=records, settings=settings, out_dir=out)
+    comparisons = compare_masks(records, next(iter(resolved))) if len(resolved) > 1 else {}
+    report = EvalReport(lang=lang, summary=summary, records=records, settings=settings, out_dir=out,
+                        comparisons=comparisons)
     if out is not None:
         write_text(out / "examples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         write_json(out / "results.json", report.to_json())

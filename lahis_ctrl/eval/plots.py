@@ -120,10 +120,12 @@ def plot_layer_distribution(classification: dict, path) -> Path:
     return _save(fig, path)
 
 
-def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str, ylabel: str) -> Path:
+def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str, ylabel: str,
+                      errors: Optional[Mapping[str, Mapping[str, tuple]]] = None) -> Path:
     """Grouped bars: one group per key of `data` (e.g. a language), one bar per series inside it (e.g. a mask).
 
-    Series are coloured consistently across groups; a series missing from a group leaves a gap.
+    Series are coloured consistently across groups; a series missing from a group leaves a gap. `errors`
+    ({group: {series: (low, high)}}, in the bars' unit) draws each bar's interval as an error bar.
     """
     groups = list(data)
     if not groups:
@@ -135,11 +137,74 @@ def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str,
     for i, name in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ys = [data[g].get(name, float("nan")) for g in groups]
-        ax.bar(xs, ys, width=width, label=name)
+        yerr = None
+        if errors is not None:
+            lows = [errors.get(g, {}).get(name, (float("nan"),) * 2)[0] for g in groups]
+            highs = [errors.get(g, {}).get(name, (float("nan"),) * 2)[1] for g in groups]
+            # matplotlib wants distances from the bar's top; a missing interval draws nothing
+            yerr = [[max(0.0, y - lo) if y == y and lo == lo else 0.0 for y, lo in zip(ys, lows)],
+                    [max(0.0, hi - y) if y == y and hi == hi else 0.0 for y, hi in zip(ys, highs)]]
+        ax.bar(xs, ys, width=width, label=name, yerr=yerr, capsize=2 if yerr else 0,
+               error_kw={"elinewidth": 0.8, "ecolor": "black"})
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(fontsize="small", ncol=min(3, len(series)))
+    return _save(fig, path)
+
+
+def plot_against_draws(data: Mapping[str, tuple], path, title: str, ylabel: str) -> Path:
+    """Per group: the random draws' effects as grey dots and the tested effect as a marker with its 95% CI.
+
+    data: {group: (Comparison dict of the tested effect, [effect of each random draw])}.
+    """
+    groups = list(data)
+    if not groups:
+        raise LahisError(f"nothing to plot for {path}: no groups")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(groups) + 2), 3.8))
+    for i, g in enumerate(groups):
+        cmp, draws = data[g]
+        ax.scatter([i + 0.15] * len(draws), draws, s=10, color="grey", alpha=0.7,
+                   label="random draws" if i == 0 else None)
+        if cmp.get("effect") is not None:
+            low, high = cmp["ci"]
+            ax.errorbar([i - 0.1], [cmp["effect"]], yerr=[[cmp["effect"] - low], [high - cmp["effect"]]], fmt="o",
+                        color="C3", capsize=3, label="own heads (95% CI)" if i == 0 else None)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_findings(found, path) -> Path:
+    """A forest plot of a report's findings: each effect with its 95% CI, coloured by verdict, one panel per
+    unit (points, nats/token, log-odds)."""
+    units = list(dict.fromkeys(f["unit"] for f in found if f.get("effect") is not None))
+    if not units:
+        raise LahisError(f"nothing to plot for {path}: no finding has an effect")
+    colours = {"holds": "C2", "does not hold": "C3", "inconclusive": "grey"}
+    plt = _plt()
+    rows = {u: [f for f in found if f["unit"] == u and f.get("effect") is not None] for u in units}
+    fig, axes = plt.subplots(len(units), 1, figsize=(8.5, 0.9 + 0.42 * sum(len(r) for r in rows.values())
+                                                        + 0.6 * len(units)),
+                             gridspec_kw={"height_ratios": [max(1, len(rows[u])) for u in units]}, squeeze=False,
+                             constrained_layout=True)
+    for ax, unit in zip(axes[:, 0], units):
+        fs = rows[unit]
+        for i, f in enumerate(fs):
+            low, high = f["ci"]
+            ax.errorbar([f["effect"]], [i], xerr=[[f["effect"] - low], [high - f["effect"]]], fmt="o", capsize=3,
+                        color=colours[f["verdict"]])
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_yticks(range(len(fs)), [(f["claim"][:70] + ("..." if len(f["claim"]) > 70 else "")) for f in fs],
+                      fontsize="x-small")
+        ax.invert_yaxis()
+        ax.set_title(f"effect in {unit} (95% CI)", fontsize="small", loc="right")
+    fig.suptitle("findings: green holds, red does not hold, grey inconclusive", fontsize="small")
     return _save(fig, path)
 
 

@@ -2,9 +2,16 @@
 
 `ppl_cross` computes, for every evaluated language X and every masked language Y, the perplexity of X's
 texts with Y's top-k language-specific heads zeroed (the reference's ppl-cross matrix), next to the
-unmasked baseline and to k random heads (averaged over several draws). Two perplexities are reported:
+unmasked baseline and to k random heads (a distribution of draws, 20 by default). Two perplexities are
+reported:
   * corpus perplexity: exp(total NLL / total predicted tokens);
   * the reference's mean of per-text exp(mean NLL of the text).
+
+Every comparison is paired over X's texts, on the per-text mean NLL (log-perplexity, nats per token):
+  * own heads vs none: the increase, paired bootstrap CI, sign-flip p;
+  * own heads vs random heads: the increase over the draws' mean, paired bootstrap CI, and the empirical p
+    of the own heads' increase among the draws' increases (the draws are the null distribution);
+  * own heads vs other languages' heads: the increase over the other columns' mean (the diagonal claim).
 """
 
 from __future__ import annotations
@@ -43,11 +50,12 @@ def text_losses(model, tokenizer, texts: Sequence[str], max_length: int = 2048, 
 
 
 def summarize(losses: torch.Tensor, counts: torch.Tensor) -> dict:
-    """Corpus perplexity, the reference's mean per-text exp(loss), and the counts behind them."""
+    """Corpus perplexity, the reference's mean per-text exp(loss), the per-text losses and token counts."""
     total_nll = float((losses.double() * counts.double()).sum())
     tokens = int(counts.sum())
     return {"corpus_ppl": math.exp(total_nll / tokens), "mean_text_ppl": float(losses.double().exp().mean()),
-            "mean_loss": float(losses.double().mean()), "num_texts": int(losses.numel()), "num_tokens": tokens}
+            "mean_loss": float(losses.double().mean()), "num_texts": int(losses.numel()), "num_tokens": tokens,
+            "losses": [float(x) for x in losses.double()]}
 
 
 def perplexity(model, tokenizer, texts: Sequence[str], mask=None, max_length: int = 2048, batch_size: int = 8,
@@ -71,19 +79,20 @@ def random_heads(num_layers: int, num_heads: int, k: int, rng: random.Random,
 
 
 def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scores_by_lang: Mapping[str, object],
-              k: int = 3, random_trials: int = 3, seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None,
+              k: int = 3, random_trials: int = 20, seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None,
               max_length: int = 2048, batch_size: int = 8, progress: bool = True) -> dict:
     """The ppl-cross matrix: perplexity of X's texts with Y's top-k specific heads zeroed, for all X and Y.
 
     Y's heads are its k best-scoring heads that are not language-general (see heads.top_specific_heads).
-    Baselines: no mask, and k uniformly random heads (`random_trials` draws, the same draws for every X).
-    Returns a JSON-able dict: {"k", "languages", "heads": {Y: [[l, h]]}, "random_heads": [[[l, h]]],
+    Baselines: no mask, and `random_trials` draws of k uniformly random heads per evaluated language (drawn
+    with a seed of (seed, X), so each language's draws are independent of the others').
+    Returns a JSON-able dict: {"k", "languages", "heads": {Y: [[l, h]]}, "random_heads": {X: [[[l, h]]]},
     "baseline": {X: stats}, "masked": {Y: {X: stats}}, "random": {X: {"trials": [stats], "corpus_ppl",
-    "mean_text_ppl"}}} where stats = summarize(...).
+    "mean_text_ppl"}}, "comparisons": {X: see compare_language}} where stats = summarize(...).
     """
-    from ..lahis.heads import top_specific_heads
     from ..core.architecture import describe
     from ..core.mask import HeadMask
+    from ..lahis.heads import top_specific_heads
 
     spec = describe(model)
     for lang, s in scores_by_lang.items():
@@ -93,9 +102,11 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
     langs_y = list(scores_by_lang)
     if k < 1 or k > spec.num_layers * spec.num_heads:
         raise LahisError(f"k must be between 1 and {spec.num_layers * spec.num_heads}, got {k}")
+    if random_trials < 1:
+        raise LahisError(f"random_trials must be at least 1 (the random-heads baseline is a distribution of draws), "
+                         f"got {random_trials}")
     heads_by_y = {y: top_specific_heads(scores_by_lang, y, k, q=q, min_rep=min_rep) for y in langs_y}
-    rng = random.Random(seed)
-    draws = [random_heads(spec.num_layers, spec.num_heads, k, rng) for _ in range(random_trials)]
+    draws = {x: random_draws(spec, k, random_trials, seed, x) for x in texts_by_lang}
 
     def run(x: str, heads, tag: str) -> dict:
         mask = HeadMask.from_heads(spec, heads, 0.0) if heads else None
@@ -104,17 +115,50 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
 
     result = {"k": k, "q": q, "languages": list(texts_by_lang), "masked_languages": langs_y,
               "unscored_languages": missing, "heads": {y: [list(h) for h in hs] for y, hs in heads_by_y.items()},
-              "random_heads": [[list(h) for h in d] for d in draws], "random_trials": random_trials, "seed": seed,
-              "baseline": {}, "masked": {y: {} for y in langs_y}, "random": {}}
+              "random_heads": {x: [[list(h) for h in d] for d in ds] for x, ds in draws.items()},
+              "random_trials": random_trials, "seed": seed,
+              "baseline": {}, "masked": {y: {} for y in langs_y}, "random": {}, "comparisons": {}}
     for x in texts_by_lang:
         result["baseline"][x] = run(x, [], "none")
         for y in langs_y:
             result["masked"][y][x] = run(x, heads_by_y[y], y)
-        trials = [run(x, d, f"random{i}") for i, d in enumerate(draws)]
+        trials = [run(x, d, f"random{i}") for i, d in enumerate(draws[x])]
         result["random"][x] = {"trials": trials,
-                               "corpus_ppl": sum(t["corpus_ppl"] for t in trials) / max(1, len(trials)),
-                               "mean_text_ppl": sum(t["mean_text_ppl"] for t in trials) / max(1, len(trials))}
+                               "corpus_ppl": sum(t["corpus_ppl"] for t in trials) / len(trials),
+                               "mean_text_ppl": sum(t["mean_text_ppl"] for t in trials) / len(trials)}
+        if x in result["masked"]:
+            result["comparisons"][x] = compare_language(result, x, seed=seed)
     return result
+
+
+def random_draws(spec, k: int, trials: int, seed: int, lang: str) -> list[list[tuple[int, int]]]:
+    """`trials` draws of k random heads for language `lang` (independent of the other languages' draws)."""
+    rng = random.Random(f"{seed}-{lang}")
+    return [random_heads(spec.num_layers, spec.num_heads, k, rng) for _ in range(trials)]
+
+
+def compare_language(result: Mapping, x: str, seed: int = 0) -> dict:
+    """The paired comparisons of language x's per-text losses (nats per token; see the module docstring):
+    {"own_vs_none", "own_vs_random", "own_vs_others": Comparison dicts, "own_rank_p": the empirical p of the own
+    heads' mean increase among the random draws', "most_harmful": the column Y that hurts x most}."""
+    import numpy as np
+
+    from . import stats
+
+    base = np.array(result["baseline"][x]["losses"])
+    own = np.array(result["masked"][x][x]["losses"])
+    draws = np.array([t["losses"] for t in result["random"][x]["trials"]])  # [draws, texts]
+    others = [y for y in result["masked"] if y != x]
+    out = {"own_vs_none": stats.paired_difference(base, own, seed=seed, unit="nats/token").to_dict(),
+           "own_vs_random": stats.paired_difference(draws.mean(0), own, seed=seed, unit="nats/token").to_dict(),
+           "own_rank_p": stats.empirical_p(float((own - base).mean()), (draws - base).mean(1), "greater"),
+           "random_increase": [float(v) for v in (draws - base).mean(1)]}
+    if others:
+        other = np.array([result["masked"][y][x]["losses"] for y in others])  # [others, texts]
+        out["own_vs_others"] = stats.paired_difference(other.mean(0), own, seed=seed, unit="nats/token").to_dict()
+        means = {y: float(np.mean(result["masked"][y][x]["losses"])) for y in result["masked"]}
+        out["most_harmful"] = max(means, key=means.get)
+    return out
 
 
 def format_table(result: dict, metric: str = "corpus_ppl") -> str:
@@ -127,4 +171,18 @@ def format_table(result: dict, metric: str = "corpus_ppl") -> str:
         row += [f"{result['masked'][y][x][metric]:.3f}" for y in ys]
         row.append(f"{result['random'][x][metric]:.3f}")
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_comparisons(result: dict) -> str:
+    """Markdown table of each language's paired comparisons (increase in nats/token, 95% CI, p)."""
+    from .stats import format_effect, format_p
+
+    lines = ["| text language | own heads vs none | own vs random heads (mean of draws) | rank p among draws "
+             "| own vs other languages' heads | hurt most by |", "|---|---|---|---:|---|---|"]
+    for x, c in result.get("comparisons", {}).items():
+        others = format_effect(c["own_vs_others"], digits=3) if "own_vs_others" in c else "n/a"
+        lines.append(f"| {x} | {format_effect(c['own_vs_none'], digits=3)} | {format_effect(c['own_vs_random'], digits=3)} "
+                     f"| {format_p(c['own_rank_p'])} ({result['random_trials']} draws) | {others} "
+                     f"| {c.get('most_harmful', 'n/a')} |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import numpy as np
 # Elements per resampling chunk: bounds memory (~2 arrays of this many 8-byte values) whatever n and R are.
 _CHUNK = 1 << 21
 _BOOT = "paired bootstrap CI"
-METHOD_MCNEMAR = f"{_BOOT}, exact McNemar p"
+METHOD_MCNEMAR = "Newcombe paired score CI, exact McNemar p"
 METHOD_SIGNFLIP = f"{_BOOT}, sign-flip permutation p"
 
 
@@ -105,6 +105,23 @@ class Comparison:
                 "n": int(self.n), "unit": self.unit, "method": self.method, "confidence": float(self.confidence)}
 
 
+def format_effect(comparison, scale: float = 1.0, digits: int = 2, p: bool = True) -> str:
+    """"+1.23 [-0.40, +2.86], p=0.14" for a Comparison or its to_dict() (effect and CI times `scale`)."""
+    c = comparison.to_dict() if isinstance(comparison, Comparison) else comparison
+    if c.get("effect") is None:
+        return "n/a"
+    low, high = c["ci"]
+    text = f"{scale * c['effect']:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    return text + (f", p={format_p(c['p_value'])}" if p else "")
+
+
+def format_p(p) -> str:
+    """p-values as people read them: 0.032, 0.0004, <1e-6; n/a for None or NaN."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    return "<1e-6" if p < 1e-6 else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".") or "0")
+
+
 def _bootstrap_means(x: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Means of n_resamples resamples of x drawn with replacement, in chunks of at most _CHUNK elements."""
     n, out = x.size, np.empty(n_resamples)
@@ -145,6 +162,39 @@ def _binom_cdf_half(k: int, n: int) -> float:
     return float(math.exp(top) * np.exp(log_p - top).sum())
 
 
+def newcombe_paired_interval(a, b, confidence: float = 0.95) -> tuple[float, float]:
+    """CI of mean(b) - mean(a) for paired 0/1 outcomes: Newcombe's (1998) hybrid score method 10.
+
+    It combines the Wilson intervals of both proportions with the correlation of the pairs, so it stays
+    informative where a bootstrap collapses (no discordant pair: the bootstrap gives [0, 0], this does not):
+    with cells n11, n10 (a=1, b=0), n01, n00, p_a = (n11 + n10)/n, p_b = (n11 + n01)/n, Wilson intervals
+    (l_a, u_a), (l_b, u_b), phi the pairs' correlation (its numerator n11·n00 - n10·n01 reduced by n/2 toward 0
+    when positive, 0 when undefined), and theta = p_b - p_a:
+    low = theta - sqrt((p_b - l_b)² - 2 phi (p_b - l_b)(u_a - p_a) + (u_a - p_a)²),
+    high = theta + sqrt((u_b - p_b)² - 2 phi (u_b - p_b)(p_a - l_a) + (p_a - l_a)²).
+    """
+    a, b = _pairs(a, b)
+    if not (_is_binary(a) and _is_binary(b)):
+        raise ValueError("newcombe_paired_interval needs binary outcomes: every value of a and b must be 0 or 1.")
+    n = a.size
+    if n == 0:
+        return math.nan, math.nan
+    n11, n10 = int(np.sum((a == 1) & (b == 1))), int(np.sum((a == 1) & (b == 0)))
+    n01, n00 = int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 0) & (b == 0)))
+    ka, kb = n11 + n10, n11 + n01
+    pa, pb = ka / n, kb / n
+    la, ua = wilson_interval(ka, n, confidence)
+    lb, ub = wilson_interval(kb, n, confidence)
+    denom = math.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00))
+    num = n11 * n00 - n10 * n01
+    num = max(num - n / 2, 0) if num > 0 else num
+    phi = num / denom if denom > 0 else 0.0
+    theta = pb - pa
+    low = theta - math.sqrt(max(0.0, (pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+    high = theta + math.sqrt(max(0.0, (ub - pb) ** 2 - 2 * phi * (ub - pb) * (pa - la) + (pa - la) ** 2))
+    return max(-1.0, low), min(1.0, high)
+
+
 def mcnemar_exact(a, b) -> float:
     """Exact two-sided McNemar p for paired 0/1 outcomes (pairs with a NaN dropped).
 
@@ -182,10 +232,10 @@ def paired_difference(a, b, n_resamples: int = 2000, confidence: float = 0.95, s
     """Compare per-item outcomes a (baseline) and b (treatment) on the same items in the same order.
 
     Pairs where either value is NaN are dropped (e.g. undecidable off-target language); n is the number kept.
-    effect = mean(b - a). CI: percentile paired bootstrap of mean(b - a) (item indices resampled with
-    replacement, n_resamples times). p-value: exact McNemar when the outcomes are binary (``binary=None``
-    detects all-0/1 data), otherwise a two-sided paired sign-flip randomization test with n_resamples random
-    sign vectors, p = (1 + #{|mean(s·d)| >= |mean(d)|}) / (1 + n_resamples).
+    effect = mean(b - a). Binary outcomes (``binary=None`` detects all-0/1 data): Newcombe's paired score CI
+    and the exact McNemar p. Otherwise: the percentile paired bootstrap CI of mean(b - a) (item indices
+    resampled with replacement, n_resamples times) and a two-sided paired sign-flip randomization test with
+    n_resamples random sign vectors, p = (1 + #{|mean(s·d)| >= |mean(d)|}) / (1 + n_resamples).
     """
     a, b = _pairs(a, b)
     confidence, n_resamples = _check_confidence(confidence), _check_resamples(n_resamples)
@@ -198,12 +248,13 @@ def paired_difference(a, b, n_resamples: int = 2000, confidence: float = 0.95, s
     if a.size == 0:
         return Comparison(math.nan, (math.nan, math.nan), math.nan, **common)
     d = b - a
+    if binary:
+        return Comparison(float(d.mean()), newcombe_paired_interval(a, b, confidence), mcnemar_exact(a, b), **common)
     if not d.any():
         return Comparison(0.0, (0.0, 0.0), 1.0, **common)
     rng = np.random.default_rng(seed)
     ci = _percentile_ci(_bootstrap_means(d, n_resamples, rng), confidence)
-    p = mcnemar_exact(a, b) if binary else _sign_flip_p(d, n_resamples, rng)
-    return Comparison(float(d.mean()), ci, float(p), **common)
+    return Comparison(float(d.mean()), ci, _sign_flip_p(d, n_resamples, rng), **common)
 
 
 def empirical_p(effect: float, null_effects, alternative: str = "greater") -> float:
@@ -227,6 +278,31 @@ def empirical_p(effect: float, null_effects, alternative: str = "greater") -> fl
     else:
         count = np.sum(np.abs(null) >= abs(effect))
     return float((1 + count) / (1 + null.size))
+
+
+def combined_empirical_p(p_values, n_draws: int) -> float:
+    """Exact combination of independent empirical p-values, each from `empirical_p` against n_draws null draws.
+
+    Under the null each p_i = r_i / (n_draws + 1) with the rank r_i uniform on 1..n_draws + 1 (the observed effect
+    is exchangeable with the draws). The combined p is P(R_1 + ... + R_m <= r_1 + ... + r_m) for independent
+    uniform ranks (exact, by convolution): m languages each beating all 20 draws give (1/21)^m, not 1/21.
+    NaNs are dropped; none left gives nan.
+    """
+    if int(n_draws) != n_draws or n_draws < 1:
+        raise ValueError(f"n_draws must be a positive integer, got {n_draws!r}.")
+    p = np.asarray(p_values, dtype=float).ravel()
+    p = p[~np.isnan(p)]
+    if p.size == 0:
+        return math.nan
+    size = int(n_draws) + 1
+    ranks = np.rint(p * size).astype(int)
+    if np.any(ranks < 1) or np.any(ranks > size) or not np.allclose(ranks / size, p, atol=1e-9):
+        raise ValueError(f"p-values must be empirical p-values r / {size} with r in 1..{size}.")
+    pmf = np.ones(1)
+    for _ in range(p.size):  # distribution of the rank sum, minus the minimum m
+        pmf = np.convolve(pmf, np.full(size, 1.0 / size))
+    observed = int(ranks.sum()) - p.size
+    return float(min(1.0, pmf[: observed + 1].sum()))
 
 
 def holm(p_values) -> list[float]:

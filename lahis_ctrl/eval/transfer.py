@@ -237,11 +237,26 @@ def _share(values: Sequence[bool]) -> float:
     return sum(bool(v) for v in values) / len(values) if values else float("nan")
 
 
-def _summary(log_odds: Sequence[float], answers: Sequence[str]) -> dict:
+def _summary(log_odds: Sequence[float], answers: Sequence[str], seed: int = 0) -> dict:
+    from .stats import bootstrap_mean_ci, wilson_interval
+
     n = len(log_odds)
-    return {"n": n, "mean_log_odds": sum(log_odds) / n if n else float("nan"),
+    prefers = sum(lo > 0 for lo in log_odds)
+    mean_ci = list(bootstrap_mean_ci(log_odds, seed=seed)[1:]) if n else [float("nan")] * 2
+    return {"n": n, "mean_log_odds": sum(log_odds) / n if n else float("nan"), "mean_log_odds_ci": mean_ci,
             "share_prefers_x": _share([lo > 0 for lo in log_odds]),
+            "share_prefers_x_ci": list(wilson_interval(prefers, n)),
             **{f"share_answer_{k}": _share([a == k for a in answers]) for k in ("x", "y", "neither", "both")}}
+
+
+def shifts(result: Mapping, baseline: str = "none", seed: int = 0) -> dict[str, dict]:
+    """Each intervention's shift of the per-item log-odds (X vs Y) against `baseline`, paired over the items:
+    {name: Comparison dict} (paired bootstrap CI, sign-flip p)."""
+    from .stats import paired_difference
+
+    base = [p["log_odds"] for p in result["results"][baseline]["per_item"]]
+    return {name: paired_difference(base, [p["log_odds"] for p in r["per_item"]], seed=seed, unit="log-odds").to_dict()
+            for name, r in result["results"].items() if name != baseline}
 
 
 def alice_probe(model, tokenizer, lang1: str, lang2: str, interventions: Mapping[str, object],
@@ -289,25 +304,35 @@ def alice_probe(model, tokenizer, lang1: str, lang2: str, interventions: Mapping
         entry = {"mask": None if mask is None else {
             "changed_heads": [list(h) for h in mask.changed_heads()],
             "scales": [float(mask.values[l, h]) for l, h in mask.changed_heads()], "method": mask.method}}
-        entry.update(_summary([p["log_odds"] for p in per_item], [p["answer"] for p in per_item]))
+        entry.update(_summary([p["log_odds"] for p in per_item], [p["answer"] for p in per_item], seed))
         entry["by_order"] = {o: _summary([p["log_odds"] for p, it in zip(per_item, items) if it["order"] == o],
                                          [p["answer"] for p, it in zip(per_item, items) if it["order"] == o])
                              for o in dict.fromkeys(it["order"] for it in items)}
         entry["per_item"] = per_item
         result["results"][name] = entry
+    if "none" in result["results"]:
+        result["shifts"] = shifts(result, "none", seed)
     return result
 
 
 def format_probe_table(result: Mapping) -> str:
-    """Markdown table, one row per intervention: mean log-odds (X vs Y), share preferring X, greedy answers."""
+    """Markdown table, one row per intervention: mean log-odds (X vs Y) with a 95% CI, its paired shift against
+    no intervention (CI, p), the share preferring X with a Wilson CI, and the greedy answers."""
+    from .stats import format_effect
+
     lang1, lang2 = result["lang1"], result["lang2"]
     lines = [f"### Alice probe: X in {lang1}, Y in {lang2} ({result['n_items']} items, order {result['order']})", "",
-             "| intervention | heads changed | mean log-odds (X vs Y) | prefers X % | answer X % | answer Y % "
-             "| answer neither % |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| intervention | heads changed | mean log-odds (X vs Y) [95% CI] | shift vs none [95% CI], p "
+             "| prefers X % [95% CI] | answer X % | answer Y % | answer neither % |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    shift = result.get("shifts", {})
     for name, r in result["results"].items():
         changed = len(r["mask"]["changed_heads"]) if r.get("mask") else 0
-        lines.append(f"| {name} | {changed} | {r['mean_log_odds']:+.3f} | {100 * r['share_prefers_x']:.1f} "
+        lo_ci = r.get("mean_log_odds_ci") or [float("nan")] * 2
+        px_ci = r.get("share_prefers_x_ci") or [float("nan")] * 2
+        lines.append(f"| {name} | {changed} | {r['mean_log_odds']:+.3f} [{lo_ci[0]:+.2f}, {lo_ci[1]:+.2f}] "
+                     f"| {format_effect(shift[name]) if name in shift else ''} "
+                     f"| {100 * r['share_prefers_x']:.1f} [{100 * px_ci[0]:.0f}, {100 * px_ci[1]:.0f}] "
                      f"| {100 * r['share_answer_x']:.1f} | {100 * r['share_answer_y']:.1f} "
                      f"| {100 * r['share_answer_neither']:.1f} |")
     return "\n".join(lines)

@@ -14,9 +14,12 @@ class _Run:
     """The state of one `reproduce` call: output folders, the lazily loaded model, and the step log."""
 
     def __init__(self, model: str, dtype: str, device_map: Optional[str], device: Optional[str], out: Path,
-                 force: bool = False):
-        self.model_name, self.dtype, self.device_map, self.device = model, dtype, device_map, device
-        self.out, self.work = out, out / "work"
+                 force: bool = False, work: Optional[Path] = None, random_init: Optional[int] = None):
+        self.source, self.dtype, self.device_map, self.device = model, dtype, device_map, device
+        # the random-weight control: the same architecture, re-initialised from its config with this seed
+        self.random_init = random_init
+        self.model_name = model if random_init is None else f"{model} (random weights, seed {random_init})"
+        self.out, self.work = out, work or out / "work"
         self.force = force
         self.log: list[dict] = []
         self._model = self._tok = None
@@ -29,7 +32,10 @@ class _Run:
 
             t = time.perf_counter()
             print(f"   loading {self.model_name} ({self.dtype}) ...", flush=True)
-            self._model = load_model(self.model_name, dtype=self.dtype, device_map=self.device_map)
+            if self.random_init is None:
+                self._model = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
+            else:
+                self._model = _random_weights(self.source, self.dtype, self.random_init, self.model_name)
             if self.device and self.device_map is None:
                 self._model = self._model.to(self.device)
             print(f"   loaded in {time.perf_counter() - t:.0f} s", flush=True)
@@ -40,8 +46,11 @@ class _Run:
         if self._tok is None:
             from ...core.loading import load_tokenizer
 
-            self._tok = load_tokenizer(self.model_name)
+            self._tok = load_tokenizer(self.source)
         return self._tok
+
+    def _log_name(self, name: str) -> str:
+        return name if self.random_init is None else f"control/{name}"
 
     @property
     def spec(self):
@@ -57,7 +66,7 @@ class _Run:
         stored = None if self.force else load_step(ckpt)
         if stored is not None and still_valid(stored["result"]):
             print(f"   {name}: done in an earlier run ({stored.get('seconds', 0):.0f} s then), skipped", flush=True)
-            self.log.append({"step": name, "skipped": True, "seconds": stored.get("seconds", 0.0)})
+            self.log.append({"step": self._log_name(name), "skipped": True, "seconds": stored.get("seconds", 0.0)})
             return stored["result"]
         if ckpt.path.is_file() and not self.force:
             print(f"   {name}: settings changed or files gone since the stored result; running it again", flush=True)
@@ -65,8 +74,24 @@ class _Run:
         result = fn()
         seconds = time.perf_counter() - t
         ckpt.save({}, {"key": key, "seconds": seconds, "result": result})
-        self.log.append({"step": name, "skipped": False, "seconds": seconds})
+        self.log.append({"step": self._log_name(name), "skipped": False, "seconds": seconds})
         return result
+
+
+def _random_weights(name: str, dtype: str, seed: int, label: str):
+    """The architecture of `name` (hub id, folder or embedded name), freshly initialised with `seed`: weights
+    with no training, so anything it "shows" comes from the method, not from learned language heads."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ...core.loading import _dtype, resolve
+
+    config = AutoConfig.from_pretrained(resolve(name))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype) if dtype != "auto" else None)
+    model.name_or_path = label
+    model.config._name_or_path = label
+    return model.eval()
 
 
 def step_checkpoint(work: Path, name: str, key: Any) -> Checkpoint:

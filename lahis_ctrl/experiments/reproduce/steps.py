@@ -1,7 +1,12 @@
-"""The five steps of `lahis reproduce`, each a function of the run, its settings and the LAHIS scores."""
+"""The steps of `lahis reproduce`, each a function of the run, its settings and the LAHIS scores.
+
+Every step stores what the findings need per item (per-text losses, per-item correctness, per-output
+off-target labels, per-item log-odds, per-completion LCB outcomes), so the statistics are computed from the
+stored results without running the model again."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -9,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...core.errors import LahisError
-from .config import OffTargetSettings, PplSettings, ScoringSettings, TransferSettings, XquadSettings
+from .config import LcbSettings, OffTargetSettings, PplSettings, ScoringSettings, TransferSettings, XquadSettings
 from .runner import _Run, _fingerprint, _model_facts, _one_percent
 
 
@@ -63,12 +68,13 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
 
         key = {"scores": scores_fp, "settings": dataclasses.asdict(p), "x": x, "seed": seed}
         per_x[x] = run.step(f"ppl-{x}", key, compute)
-    # merge the per-language rows into one ppl_cross result (the random draws are the same in every row)
+    # merge the per-language rows into one ppl_cross result (each language has its own random draws)
     first = per_x[xs[0]]
-    merged = {k: v for k, v in first.items() if k not in ("languages", "baseline", "masked", "random")}
+    merged = {k: v for k, v in first.items()
+              if k not in ("languages", "baseline", "masked", "random", "random_heads", "comparisons")}
     merged["languages"] = xs
-    merged["baseline"] = {x: per_x[x]["baseline"][x] for x in xs}
-    merged["random"] = {x: per_x[x]["random"][x] for x in xs}
+    for part in ("baseline", "random", "random_heads", "comparisons"):
+        merged[part] = {x: per_x[x][part][x] for x in xs if x in per_x[x][part]}
     merged["masked"] = {y: {x: per_x[x]["masked"][y][x] for x in xs} for y in first["masked_languages"]}
     return merged
 
@@ -77,6 +83,7 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
 def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, scores_fp: str,
                 data: Optional[str], seed: int) -> dict:
     from ...corpora.xquad import XQUAD_LANGS, check_lang, load_qa, reference_split
+    from ...eval.evaluate import outcomes
     from ..soft_masks import compare_soft_masks, trained_heads
 
     results = {}
@@ -95,10 +102,12 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, 
             report, masks = compare_soft_masks(run.model, run.tok, lang, scores[lang], train, test, n,
                                                run.work / "masks", run.work / "xquad" / lang, epochs=xs.epochs,
                                                lr=xs.lr, seed=seed, max_new_tokens=xs.max_new_tokens,
-                                               batch_size=xs.batch_size)
-            heads = {kind: trained_heads(m) for kind, m in masks.items()}
-            return {"summary": report.summary, "heads": heads, "n_heads": n, "train_items": len(train),
-                    "test_items": len(test), "test_ids": [test[0].get("id"), test[-1].get("id")]}
+                                               batch_size=xs.batch_size, random_masks=xs.random_masks)
+            return {"summary": report.summary, "comparisons": report.comparisons,
+                    "heads": {kind: trained_heads(m) for kind, m in masks.items()}, "n_heads": n,
+                    "train_items": len(train), "test_items": len(test),
+                    "test_ids": [test[0].get("id"), test[-1].get("id")],
+                    "items": {name: outcomes(report.records, name)["accuracy"] for name in report.summary}}
 
         key = {"scores": scores_fp, "settings": dataclasses.asdict(xs), "lang": lang, "seed": seed,
                "data": data}
@@ -106,40 +115,50 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, 
     return results
 
 
-# ====================================================================== 4. off-target
-INTERVENTION_LABELS = {"none": "no intervention", "zero_source": "zero {src} heads", "scale_target": "x{scale} {tgt} heads",
-                       "zero_target": "zero {tgt} heads", "zero_random": "zero random heads"}
+# ====================================================================== interventions (off-target, LCB, transfer)
+def random_names(base: str, draws: int) -> list[str]:
+    """base, base_2, base_3, ...: one name per random draw (the first keeps the single-draw name)."""
+    return [base] + [f"{base}_{i + 1}" for i in range(1, draws)]
 
 
-PLOT_LABELS = {"none": "none", "zero_source": "zero source heads", "scale_target": "scale target heads up",
-               "zero_target": "zero target heads", "zero_random": "zero random heads"}
-
-
-def off_target_interventions(spec, scores: dict, target: str, source_lang: str, k: int, scale_up: float,
-                             s: ScoringSettings, seed: int) -> dict:
-    """name -> (label, HeadMask or None) for one target language."""
+def target_interventions(spec, scores: dict, target: str, source_lang: str, k: int, scale_up: float,
+                         s: ScoringSettings, seed: int, draws: int) -> dict:
+    """name -> (label, HeadMask or None) for one target language: none, zero the source language's heads, scale
+    the target's heads up, zero the target's heads, and `draws` draws of k random heads zeroed."""
     from ...core.mask import HeadMask
     from ...eval.ppl import random_heads
 
     rng = random.Random(f"{seed}-{target}")
     made = {
-        "none": None,
-        "zero_source": HeadMask.from_heads(spec, _specific(scores, source_lang, k, s), 0.0),
-        "scale_target": HeadMask.from_heads(spec, _specific(scores, target, k, s), scale_up),
-        "zero_target": HeadMask.from_heads(spec, _specific(scores, target, k, s), 0.0),
-        "zero_random": HeadMask.from_heads(spec, random_heads(spec.num_layers, spec.num_heads, k, rng), 0.0),
+        "none": ("no intervention", None),
+        "zero_source": (f"zero {source_lang} heads", HeadMask.from_heads(spec, _specific(scores, source_lang, k, s), 0.0)),
+        "scale_target": (f"x{scale_up:g} {target} heads",
+                         HeadMask.from_heads(spec, _specific(scores, target, k, s), scale_up)),
+        "zero_target": (f"zero {target} heads", HeadMask.from_heads(spec, _specific(scores, target, k, s), 0.0)),
     }
-    return {name: (INTERVENTION_LABELS[name].format(src=source_lang, tgt=target, scale=f"{scale_up:g}"), m)
-            for name, m in made.items()}
+    for i, name in enumerate(random_names("zero_random", draws)):
+        made[name] = (f"zero random heads{'' if i == 0 else f' #{i + 1}'}",
+                      HeadMask.from_heads(spec, random_heads(spec.num_layers, spec.num_heads, k, rng), 0.0))
+    return made
+
+
+def _mask_heads(mask) -> list:
+    return [] if mask is None else [[l, h, float(mask.values[l, h])] for l, h in mask.changed_heads()]
+
+
+def _nan_to_none(v):
+    v = float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v  # numpy scalars -> JSON numbers
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+# ====================================================================== 4. off-target
+PLOT_LABELS = {"none": "none", "zero_source": "zero source heads", "scale_target": "scale target heads up",
+               "zero_target": "zero target heads", "zero_random": "zero random heads"}
 
 
 def _lm_eval_metrics(results: dict, task: str) -> dict:
-    out = {}
-    for k, v in results["results"][task].items():
-        if k.endswith(",none") and "_stderr" not in k:
-            v = float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v  # numpy scalars -> JSON numbers
-            out[k.split(",")[0]] = None if (isinstance(v, float) and math.isnan(v)) else v
-    return out
+    return {k.split(",")[0]: _nan_to_none(v) for k, v in results["results"][task].items()
+            if k.endswith(",none") and "_stderr" not in k}
 
 
 def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores: dict, scores_fp: str,
@@ -151,7 +170,8 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
     require("lm_eval", "eval", "the off-target step of `lahis reproduce`")  # tasks were checked by _check_languages
     results: dict = {}
     task_manager = None
-    todo = [(t, name) for t in o.languages for name in INTERVENTION_LABELS]
+    names = ["none", "zero_source", "scale_target", "zero_target"] + random_names("zero_random", o.random_draws)
+    todo = [(t, name) for t in o.languages for name in names]
     bar = tqdm(todo, desc="off-target (language x intervention)", unit="run")
     for target, name in bar:
         bar.set_postfix_str(f"{target} {name}")
@@ -161,12 +181,13 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
             import lm_eval
             from lm_eval.tasks import TaskManager
 
-            from ...integrations.lm_eval.runner import tasks_dir
             from ...integrations.lm_eval.models import LahisHFLM
+            from ...integrations.lm_eval.runner import tasks_dir
 
             spec = run.spec
             k = _one_percent(spec, o.heads)
-            label, mask = off_target_interventions(spec, scores, target, o.source_lang, k, o.scale_up, s, seed)[name]
+            label, mask = target_interventions(spec, scores, target, o.source_lang, k, o.scale_up, s, seed,
+                                               o.random_draws)[name]
             if task_manager is None:  # only this package's tasks: indexing lm-eval's ~15k YAMLs takes ~15 s
                 task_manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
                                            metadata={"data_dir": str(data)} if data else None)
@@ -178,12 +199,14 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
                                               log_samples=True, task_manager=task_manager)
             finally:
                 lm.remove_mask()  # the fold is undone: the next intervention starts from the original weights
-            out = {"label": label, "heads": [] if mask is None else [[l, h, float(mask.values[l, h])]
-                                                                     for l, h in mask.changed_heads()],
-                   "tasks": {}}
+            out = {"label": label, "heads": _mask_heads(mask), "tasks": {}}
             for t, task in zip(o.tasks, tasks):
+                samples = sorted(res["samples"][task], key=lambda x: x["doc_id"])
                 out["tasks"][t] = {"metrics": _lm_eval_metrics(res, task),
-                                   "outputs": [x["resps"][0][0] for x in res["samples"][task]]}
+                                   "doc_ids": [x["doc_id"] for x in samples],
+                                   "outputs": [x["resps"][0][0] for x in samples],
+                                   # per output: 1 off-target, 0 on target, None when its language is undecided
+                                   "off_target": [_nan_to_none(x["off_target_rate"]) for x in samples]}
             return out
 
         key = {"scores": scores_fp, "settings": dataclasses.asdict(o), "target": target,
@@ -194,30 +217,92 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
 
 
 # ====================================================================== 5. transfer
+def transfer_interventions(spec, scores: dict, l1: str, l2: str, k: int, scale_up: float, s: ScoringSettings,
+                           seed: int, draws: int) -> dict:
+    """The Alice probe's interventions: none, x scale_up language 1's heads, zero language 2's heads, and each
+    random draw both scaled and zeroed (the two controls)."""
+    from ...core.mask import HeadMask
+    from ...eval.ppl import random_heads
+
+    rng = random.Random(f"{seed}-{l1}-{l2}")
+    made = {"none": None,
+            f"x{scale_up:g} {l1} heads": HeadMask.from_heads(spec, _specific(scores, l1, k, s), scale_up),
+            f"zero {l2} heads": HeadMask.from_heads(spec, _specific(scores, l2, k, s), 0.0)}
+    for i in range(draws):
+        rand = random_heads(spec.num_layers, spec.num_heads, k, rng)
+        tag = "" if i == 0 else f" #{i + 1}"
+        made[f"x{scale_up:g} random heads{tag}"] = HeadMask.from_heads(spec, rand, scale_up)
+        made[f"zero random heads{tag}"] = HeadMask.from_heads(spec, rand, 0.0)
+    return made
+
+
 def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: dict, scores_fp: str,
                    seed: int) -> dict:
     results = {}
     for l1, l2 in tr.pairs:  # checked by _check_languages
 
         def compute(l1=l1, l2=l2) -> dict:
-            from ...core.mask import HeadMask
-            from ...eval.ppl import random_heads
             from ...eval.transfer import alice_probe
 
             spec = run.spec
-            k = _one_percent(spec, tr.heads)
-            rng = random.Random(f"{seed}-{l1}-{l2}")
-            rand = random_heads(spec.num_layers, spec.num_heads, k, rng)
-            interventions = {
-                "none": None,
-                f"x{tr.scale_up:g} {l1} heads": HeadMask.from_heads(spec, _specific(scores, l1, k, s), tr.scale_up),
-                f"zero {l2} heads": HeadMask.from_heads(spec, _specific(scores, l2, k, s), 0.0),
-                f"x{tr.scale_up:g} random heads": HeadMask.from_heads(spec, rand, tr.scale_up),
-                "zero random heads": HeadMask.from_heads(spec, rand, 0.0),
-            }
+            interventions = transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up,
+                                                   s, seed, tr.random_draws)
             return alice_probe(run.model, run.tok, l1, l2, interventions, n=tr.items, seed=seed,
                                batch_size=tr.batch_size, progress=True)
 
         key = {"scores": scores_fp, "settings": dataclasses.asdict(tr), "pair": [l1, l2], "seed": seed}
         results[f"{l1}-{l2}"] = run.step(f"transfer-{l1}-{l2}", key, compute)
+    return results
+
+
+# ====================================================================== 6. lcb
+def lcb_prompts(tokenizer, rows: list[dict], task: str, lang: str, shots: int, data: Optional[str],
+                chat: Optional[bool] = None) -> list[str]:
+    """The benchmark's prompts as the model sees them: its chat template when it has one (and `chat` is not
+    False), else the benchmark's few-shot base-model format ("Q: ...\nA: ..." turns ending in "A:")."""
+    from ...corpora.lcb import base_model_prompt, chat_turns
+
+    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    out = []
+    for r in rows:
+        turns = chat_turns(r["prompt"], task, lang, shots=shots, data_dir=data)
+        out.append(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+                   if use_chat else base_model_prompt(turns))
+    return out, use_chat
+
+
+def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, scores_fp: str, data: Optional[str],
+              seed: int) -> dict:
+    from ...core.control import apply_head_mask
+    from ...core.lm import greedy_generate
+    from ...corpora.lcb import load_lcb
+    from ...eval.lcb import lcb_completion, lcb_metrics
+
+    results: dict = {}
+    names = ["none", "zero_source", "scale_target"] + random_names("zero_random", c.random_draws)
+    for lang in c.languages:
+        rows = load_lcb(c.task, lang, data, sources=c.sources)
+        rows = rows[:c.limit] if c.limit else rows
+        for name in names:
+            def compute(lang=lang, name=name, rows=rows) -> dict:
+                spec = run.spec
+                label, mask = target_interventions(spec, scores, lang, c.source_lang, _one_percent(spec, c.heads),
+                                                   c.scale_up, s, seed, c.random_draws)[name]
+                prompts, chat = lcb_prompts(run.tok, rows, c.task, lang, c.shots, data, c.chat_template)
+                with apply_head_mask(run.model, mask) if mask is not None else contextlib.nullcontext():
+                    # a chat template writes its own BOS: the tokenizer must not add a second one
+                    completions = greedy_generate(run.model, run.tok, prompts, max_new_tokens=c.max_new_tokens,
+                                                  batch_size=c.batch_size, progress=True, stop=["\nQ:"],
+                                                  add_special_tokens=not chat)
+                judged = [lcb_completion(t, lang) for t in completions]
+                return {"label": label, "heads": _mask_heads(mask), "metrics": lcb_metrics(completions, lang),
+                        "sources": [r["source"] for r in rows], "completions": completions,
+                        # per completion: line-level pass 1/0, None when skipped (no line of >= 5 tokens)
+                        "line_pass": [None if j["skipped"] else float(not j["line_error"]) for j in judged],
+                        "word_pass": [None if j.get("word_error") is None else float(not j["word_error"])
+                                      for j in judged]}
+
+            key = {"scores": scores_fp, "settings": dataclasses.asdict(c), "lang": lang, "intervention": name,
+                   "seed": seed, "data": data}
+            results.setdefault(lang, {})[name] = run.step(f"lcb-{lang}-{name}", key, compute)
     return results

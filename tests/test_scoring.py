@@ -506,7 +506,7 @@ def test_cli_score_heads_plot_ppl(tmp_path, capsys):
 
     model_dir = save_tiny(tmp_path / "tiny", "llama")
     out = tmp_path / "scores"
-    common = ["--model", str(model_dir), "--source", "embedded", "--max_length", "24", "--n", "3", "--out", str(out)]
+    common = ["--model", str(model_dir), "--source", "embedded", "--max_length", "24", "--texts", "3", "--out", str(out)]
     assert main(["score", "--languages", "[en, es]", *common]) == 0
     files = [out / "en.safetensors", out / "es.safetensors"]
     assert all(f.is_file() for f in files) and not list(out.glob("*.ckpt.*"))
@@ -519,7 +519,7 @@ def test_cli_score_heads_plot_ppl(tmp_path, capsys):
     assert c["languages"] == ["en", "es"] and c["min_rep"] == 2
     assert main(["plot", f"{files[0]},{files[1]}", "--out", str(tmp_path / "plots")]) == 0
     assert all(_is_png(tmp_path / "plots" / n) for n in ("heatmaps.png", "overlap.png", "layers.png"))
-    assert main(["ppl", str(out / "*.safetensors"), "--model", str(model_dir), "--n", "2", "--k", "2", "--max_length", "16",
+    assert main(["ppl", str(out / "*.safetensors"), "--model", str(model_dir), "--texts", "2", "--k", "2", "--max_length", "16",
                  "--random_trials", "1", "--out", str(tmp_path / "ppl")]) == 0
     assert _is_png(tmp_path / "ppl" / "ppl_cross.png")
     assert "mean per-text exp(loss)" in (tmp_path / "ppl" / "ppl_cross.md").read_text()

@@ -79,6 +79,23 @@ class RowScale(torch.autograd.Function):
         return grad_x, grad_s
 
 
+class CompiledRowScale(torch.autograd.Function):
+    """RowScale for torch.compile'd layers: the same forward (x * s in x's dtype); backward reduces the float32
+    products over positions in one expression, which the compiler fuses into one kernel (no float32 copy of x is
+    materialised). RowScale's chunk loop would pin each sequence length into the compiled graph."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        # x: [batch, pos, heads * head_dim] (model dtype); s: [batch, heads * head_dim] (float32)
+        ctx.save_for_backward(x, s)
+        return x * s.to(x.dtype)[:, None, :]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, s = ctx.saved_tensors
+        return grad * s.to(grad.dtype)[:, None, :], (grad.float() * x.float()).sum(1).to(s.dtype)
+
+
 def scale_rows(x: torch.Tensor, row_scales: torch.Tensor, head_dim: int) -> torch.Tensor:
     """x [batch, pos, heads * head_dim] times row_scales [batch, heads] (row b of the batch by its own scales)."""
     return RowScale.apply(x, feature_scales(row_scales.to(x.device), head_dim))
@@ -87,7 +104,15 @@ def scale_rows(x: torch.Tensor, row_scales: torch.Tensor, head_dim: int) -> torc
 # ---------------------------------------------------------------------------------------------- weights
 def _scaled(block: torch.Tensor, scale) -> torch.Tensor:
     # float32 product rounded once: bf16/fp16 weights lose no more than one rounding
-    return (block.float() * scale).to(block.dtype)
+    out = (block.float() * scale).to(block.dtype)
+    if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(block).all()):
+        from .errors import LahisError
+
+        biggest = float((block.float().abs() * (scale.abs() if torch.is_tensor(scale) else abs(scale))).max())
+        raise LahisError(f"folding the head mask overflows {str(block.dtype).replace('torch.', '')}: a scaled weight "
+                         f"reaches {biggest:.3g}, above its largest value {torch.finfo(block.dtype).max:.3g}; use a "
+                         "smaller scale or a wider dtype (--dtype float32 or bfloat16)")
+    return out
 
 
 def folded_weight(weight: torch.Tensor, row: torch.Tensor, head_dim: int, layout: str) -> torch.Tensor:

@@ -18,34 +18,44 @@ Two modes:
 
 The LM head and loss are chunked (and recomputed in backward) so a 262k vocabulary never materialises
 [batch, pos, vocab] float32 logits at once.
+
+Under torch.distributed (torchrun, accelerate launch; lahis/distributed.py) fast mode deals the length-sorted
+batches out to the ranks, balanced by tokens; each rank sums its own texts and the sums are all-reduced, so
+every rank returns the scores of one process (up to float32 summation order). Each rank checkpoints its own
+partial sums. `score_languages(split="languages")` instead gives every rank whole languages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from ..core.architecture import ModelSpec, describe
+from ..core import head_layout
+from ..core.architecture import ModelSpec, describe, output_projections
 from ..core.artifacts import Checkpoint, fingerprint
 from ..core.control import row_scales, scale_heads
 from ..core.errors import LahisError
 from ..core.lm import (check_loss_matches, frozen, input_device, lm_parts, pad_batch, pad_id, sequence_losses,
                        tokenize_texts)
+from . import distributed as dist
 from .scores import HeadScores
 
 log = logging.getLogger(__name__)
 
 MODES = ("fast", "faithful")
+SPLITS = dist.SPLITS
 
 
 # ====================================================================== per-text gradients (fast mode)
 def per_text_gradients(model, tokenizer_or_ids, texts=None, max_length: int = 2048, batch_size: int = 8,
                        loss_chunk: Optional[int] = None, spec: Optional[ModelSpec] = None) -> torch.Tensor:
-    """g_i = dL_i/dm at m = 1 for every text, from batched backward passes: float32 [texts, layers, heads].
+    """g_i = dL_i/dm at m = 1 for every text, from batched backward passes: float32 [texts, layers, heads] on the CPU.
 
     `tokenizer_or_ids`: a tokenizer (then pass `texts`) or a list of token-id lists.
     """
@@ -59,19 +69,161 @@ def per_text_gradients(model, tokenizer_or_ids, texts=None, max_length: int = 20
     out = []
     with frozen(model):
         for start in range(0, len(ids), batch_size):
-            out.append(_batch_grads(model, spec, ids[start:start + batch_size], pad, parts, loss_chunk)[0])
+            out.append(_batch_grads(model, spec, ids[start:start + batch_size], pad, parts, loss_chunk)[0].cpu())
     return torch.cat(out)
 
 
-def _batch_grads(model, spec, seqs, pad, parts, loss_chunk):
-    """([batch, layers, heads] float32 gradients, [batch] token counts) for one right-padded batch."""
-    input_ids, attention_mask = pad_batch(seqs, pad, input_device(model))
-    scales = torch.ones(len(seqs), spec.num_layers, spec.num_heads, dtype=torch.float32, requires_grad=True)
-    with row_scales(model, spec, scales):
+def _batch_grads(model, spec, seqs, pad, parts, loss_chunk, compiled: Optional["_CompiledScales"] = None):
+    """([batch, layers, heads] float32 gradients, [batch] token counts) for one right-padded batch.
+
+    The scales live on the model's input device (no host round trip per layer on GPUs)."""
+    device = input_device(model)
+    input_ids, attention_mask = pad_batch(seqs, pad, device)
+    scales = torch.ones(len(seqs), spec.num_layers, spec.num_heads, dtype=torch.float32, device=device,
+                        requires_grad=True)
+    with (row_scales(model, spec, scales) if compiled is None else compiled.rows(scales)):
         losses, counts = sequence_losses(model, input_ids, attention_mask, loss_chunk, parts)
         # rows are independent, so d(sum_b L_b)/d scales[b] = dL_b/dm for text b
         losses.sum().backward()
     return scales.grad.detach(), counts
+
+
+# ====================================================================== torch.compile of the decoder layers
+def _replace_input(args, kwargs, fn):
+    if args:
+        return (fn(args[0]),) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "input": fn(kwargs["input"])}
+
+
+def _compiled_row_hook(module, args, kwargs):
+    """Per-row scales (fast mode) read from the module, so one hook function serves every layer (no per-layer
+    constants for the compiler to guard on)."""
+    rows = module._lahis_scale  # [batch, heads] float32, set per batch
+
+    def fn(x):
+        if x.dim() != 3 or x.shape[0] != rows.shape[0]:
+            raise LahisError(f"per-row head scales expect [batch, pos, features] o_proj inputs; got {tuple(x.shape)}")
+        return head_layout.CompiledRowScale.apply(x, head_layout.feature_scales(rows.to(x.device), module._lahis_head_dim))
+
+    return _replace_input(args, kwargs, fn)
+
+
+def _compiled_head_hook(module, args, kwargs):
+    """One scale per head (faithful mode), as control.scale_heads applies it."""
+    row = module._lahis_scale  # [heads], a view of m set per text
+
+    def fn(x):
+        return head_layout.scale_input(x, head_layout.feature_scales(row.to(device=x.device, dtype=x.dtype),
+                                                                     module._lahis_head_dim))
+
+    return _replace_input(args, kwargs, fn)
+
+
+def _decoder_layers(model, spec: ModelSpec) -> Optional[list]:
+    """The decoder layer (a ModuleList entry) holding each layer's o_proj, or None when they cannot be found."""
+    modules = dict(model.named_modules())
+    layers = []
+    for name in spec.o_proj_names:
+        parts = name.split(".")
+        found = None
+        for k in range(1, len(parts)):
+            parent = modules.get(".".join(parts[:k - 1]))
+            if parts[k - 1].isdigit() and isinstance(parent, torch.nn.ModuleList):
+                found = modules[".".join(parts[:k])]
+                break
+        if found is None:
+            return None
+        layers.append(found)
+    return layers if len({id(x) for x in layers}) == len(layers) else None
+
+
+class _CompiledScales:
+    """Hooks installed once for a compiled run; the scales of each batch / text are handed over through an
+    attribute of each o_proj, so the compiled layers see them as graph inputs."""
+
+    def __init__(self, projections):
+        self.projections = projections
+
+    @contextlib.contextmanager
+    def rows(self, scales: torch.Tensor) -> Iterator[None]:  # fast mode: [batch, layers, heads]
+        for layer, module in enumerate(self.projections):
+            module._lahis_scale = scales[:, layer]
+        try:
+            yield
+        finally:
+            for module in self.projections:
+                module._lahis_scale = None
+
+    @contextlib.contextmanager
+    def heads(self, m: torch.Tensor) -> Iterator[None]:  # faithful mode: [layers, heads]
+        for layer, module in enumerate(self.projections):
+            module._lahis_scale = m[layer]
+        try:
+            yield
+        finally:
+            for module in self.projections:
+                module._lahis_scale = None
+
+
+def _compile_backend(compile) -> Optional[str]:
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile:
+        return compile
+    raise LahisError(f"compile must be True, False or a torch.compile backend name; got {compile!r}")
+
+
+@contextlib.contextmanager
+def compiled_layers(model, spec: ModelSpec, backend: Optional[str], mode: str) -> Iterator[Optional[_CompiledScales]]:
+    """Wrap each decoder layer with torch.compile (`backend`, dynamic shapes) while the context is open.
+
+    Yields the per-batch scale setter, or None (plain eager run) when `backend` is None or compiling is not
+    possible here (a warning says why). On exit the layers are what they were before (nothing stays compiled).
+    """
+    if backend is None:
+        yield None
+        return
+    import torch._dynamo
+
+    layers = _decoder_layers(model, spec)
+    reason = None
+    if not torch._dynamo.is_dynamo_supported():
+        reason = "torch.compile is not supported with this Python / torch build"
+    elif layers is None:
+        reason = f"the decoder layers of {type(model).__name__} were not found"
+    elif not all(hasattr(layer, "_compiled_call_impl") for layer in layers):
+        reason = "this torch version cannot compile a module in place"
+    if reason is not None:
+        warnings.warn(f"compile=True ignored: {reason}; scoring runs eagerly (same results)", RuntimeWarning, stacklevel=3)
+        yield None
+        return
+    projections = output_projections(model, spec)
+    hook = _compiled_row_hook if mode == "fast" else _compiled_head_hook
+    saved = [(layer, layer._compiled_call_impl) for layer in layers]
+    handles = []
+    # module-attribute tensors as dynamic graph inputs; a few shapes (first layer's input needs no grad, batch 1);
+    # a backend failure falls back to eager for that layer (with dynamo's warning) instead of stopping the run
+    patches = {k: v for k, v in {"force_nn_module_property_static_shapes": False, "recompile_limit": 32,
+                                 "suppress_errors": True}.items() if hasattr(torch._dynamo.config, k)}
+    try:
+        for module in projections:
+            module._lahis_head_dim = spec.head_dim
+            module._lahis_scale = None
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        for layer in layers:
+            layer.compile(backend=backend, dynamic=True)
+        with torch._dynamo.config.patch(**patches):
+            yield _CompiledScales(projections)
+    finally:
+        for layer, previous in saved:
+            layer._compiled_call_impl = previous
+        for h in handles:
+            h.remove()
+        for module in projections:
+            for attr in ("_lahis_head_dim", "_lahis_scale"):
+                module.__dict__.pop(attr, None)
 
 
 # ====================================================================== scoring
@@ -79,7 +231,8 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
                 batch_size: int = 4, language: Optional[str] = None, lr: float = 1e-2, mask_dtype: str = "float32",
                 gradient_checkpointing: bool = False, loss_chunk: Optional[int] = None, source: str = "",
                 checkpoint: Optional[str | os.PathLike] = None, checkpoint_every: int = 50, arch=None,
-                check_loss: bool = True, progress: bool = True) -> HeadScores:
+                check_loss: bool = True, progress: bool = True, compile: Union[bool, str] = False,
+                distributed: bool = True) -> HeadScores:
     """LAHIS scores of `texts` (one language) for every attention head of `model`.
 
     Args:
@@ -99,10 +252,18 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         loss_chunk: positions per LM-head chunk (default: about 2**27 logits per chunk).
         source: where the texts came from (stored in the file's metadata).
         checkpoint: a file to save progress to every `checkpoint_every` texts; an existing one made with the
-            same texts and settings is resumed, giving the same result as an uninterrupted run.
+            same texts and settings is resumed, giving the same result as an uninterrupted run. Under several
+            ranks each rank uses its own file, <stem>.rank<r>-of-<N><suffix>, resumed by the same rank of a job
+            with the same world size.
         arch: architecture override for models lahis_ctrl does not know (see core.architecture.ArchSpec).
         check_loss: first check that the chunked loss equals the model's own loss on a short prefix.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only under several ranks).
+        compile: wrap each decoder layer with torch.compile while scoring (True: the inductor backend; a string
+            names another backend). For GPUs; on CPUs compiling usually costs more than it saves. Results equal
+            the eager ones up to float32 rounding. Falls back to eager, with a warning, where it cannot compile.
+        distributed: under torch.distributed with several ranks (torchrun / accelerate launch: WORLD_SIZE > 1),
+            fast mode splits the texts over the ranks and all-reduces the sums (every rank must call this with the
+            same texts and settings; every rank returns the same scores). False: this process scores alone.
     """
     from tqdm.auto import tqdm
 
@@ -114,35 +275,61 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         raise LahisError(f"mask_dtype must be 'float32' or 'bfloat16', got '{mask_dtype}'")
     if batch_size < 1:
         raise LahisError(f"batch_size must be >= 1, got {batch_size}")
+    backend = _compile_backend(compile)
+    # everything that fails the same way on every rank fails here, before the first collective
+    world = dist.env_world_size() if distributed else 1
+    if world > 1 and mode == "faithful":
+        raise LahisError(dist.FAITHFUL_REFUSAL.format(world=world))
     spec = describe(model, arch)
     ids = tokenize_texts(tokenizer, texts, max_length)
     pad = pad_id(tokenizer)
     parts = lm_parts(model)
-    if check_loss:
-        check_loss_matches(model, ids[0], parts)
+    ctx = dist.context(distributed)
     n = len(ids)
     acc_dtype = torch.bfloat16 if (mode == "faithful" and mask_dtype == "bfloat16") else torch.float32
     settings = {"mode": mode, "max_length": int(max_length), "lr": lr if mode == "faithful" else None,
                 "mask_dtype": mask_dtype if mode == "faithful" else "float32",
                 "batch_size": batch_size if mode == "fast" else 1, "model": spec.to_dict() | {"o_proj_names": None}}
-    # the full 64-digit form, as earlier versions wrote it: their checkpoints still resume
-    ckpt = Checkpoint(checkpoint, fingerprint(settings, ids=ids, length=64), "scoring checkpoint") if checkpoint else None
-
-    importance_sum = torch.zeros(spec.shape, dtype=acc_dtype)
-    negatives = torch.zeros(spec.shape, dtype=acc_dtype)
-    m = torch.ones(spec.shape, dtype=acc_dtype, requires_grad=(mode == "faithful"))
-    opt = torch.optim.AdamW([m], lr=lr) if mode == "faithful" else None
-    done, tokens = 0, 0
 
     # fast mode: batches of similar length waste less padding; the order is fixed so resumption is exact
     order = sorted(range(n), key=lambda i: len(ids[i])) if mode == "fast" else list(range(n))
     step = batch_size if mode == "fast" else 1
     batches = [order[s:s + step] for s in range(0, n, step)]
+    if ctx.active:  # this rank's share of the batches, balanced by padded tokens
+        mine = dist.shard_batches([len(b) * max(len(ids[i]) for i in b) for b in batches], ctx.world_size)[ctx.rank]
+        key = {**settings, "rank": ctx.rank, "world_size": ctx.world_size}
+    else:
+        mine, key = list(range(len(batches))), settings
+    ckpt = None
+    if checkpoint:
+        # one process: the full 64-digit form, as earlier versions wrote it, so their checkpoints still resume
+        ckpt = Checkpoint(dist.rank_checkpoint_path(checkpoint, ctx.rank, ctx.world_size),
+                          fingerprint(key, ids=ids, length=64), "scoring checkpoint")
 
-    state = ckpt.load() if ckpt else None
+    device = input_device(model)
+    # faithful mode keeps m, the AdamW state and the accumulators where the model's inputs are (no host round trips)
+    importance_sum = torch.zeros(spec.shape, dtype=acc_dtype, device=device)
+    negatives = torch.zeros(spec.shape, dtype=acc_dtype, device=device)
+    m = torch.ones(spec.shape, dtype=acc_dtype, device=device, requires_grad=(mode == "faithful"))
+    opt = torch.optim.AdamW([m], lr=lr) if mode == "faithful" else None
+    done, tokens = 0, 0
+
+    def setup():  # may fail on one rank only (its checkpoint file): run under ctx.agree
+        if check_loss:
+            check_loss_matches(model, ids[0], parts)
+        if checkpoint and ctx.is_main:
+            others = [p for p in dist.rank_checkpoints(checkpoint) if p != ckpt.path]
+            if others:
+                log.warning("%s: ignoring checkpoints of runs with another number of ranks (%s); a run resumes only "
+                            "with the world size that wrote its checkpoints", language or "scores",
+                            ", ".join(p.name for p in others))
+        return ckpt.load() if ckpt else None
+
+    state = ctx.agree(setup, "checking the model and loading checkpoints")
     if state is not None:
         t, meta = state
-        importance_sum, negatives = t["importance_sum"].to(acc_dtype), t["negatives"].to(acc_dtype)
+        importance_sum = t["importance_sum"].to(device=device, dtype=acc_dtype)
+        negatives = t["negatives"].to(device=device, dtype=acc_dtype)
         done, tokens = int(meta["done_batches"]), int(meta["tokens"])
         if opt is not None:
             with torch.no_grad():
@@ -151,7 +338,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
                 opt.load_state_dict({"state": {0: {"step": t["step"], "exp_avg": t["exp_avg"],
                                                    "exp_avg_sq": t["exp_avg_sq"]}},
                                      "param_groups": opt.state_dict()["param_groups"]})
-        log.info("resuming %s from %s: %d of %d batches done", language or "scores", ckpt.path, done, len(batches))
+        log.info("resuming %s from %s: %d of %d batches done", language or "scores", ckpt.path, done, len(mine))
 
     def save_ckpt(done_batches: int) -> None:
         tensors = {"importance_sum": importance_sum, "negatives": negatives}
@@ -161,46 +348,57 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
             if st:
                 tensors.update(step=torch.as_tensor(st["step"]).reshape(()), exp_avg=st["exp_avg"],
                                exp_avg_sq=st["exp_avg_sq"])
-        ckpt.save(tensors, {"done_batches": done_batches, "tokens": tokens, "language": language})
+        meta = {"done_batches": done_batches, "tokens": tokens, "language": language}
+        if ctx.active:
+            meta.update(rank=ctx.rank, world_size=ctx.world_size)
+        ckpt.save(tensors, meta)
 
-    last_saved = done
-    texts_per_ckpt = max(1, int(checkpoint_every))
-    bar = tqdm(total=n, initial=sum(len(b) for b in batches[:done]), desc=f"LAHIS {mode} {language or ''}".strip(),
-               unit="text", disable=not progress)
-    device = input_device(model)
-    with frozen(model, gradient_checkpointing):
-        for b in range(done, len(batches)):
-            batch = batches[b]
-            if mode == "fast":
-                g, counts = _batch_grads(model, spec, [ids[i] for i in batch], pad, parts, loss_chunk)
-                # m == 1: |g*m| = |g| and [g*m < 0] = [g < 0]; sum over the batch's texts
-                importance_sum += (1000.0 * g.abs()).sum(0)
-                negatives += (g < 0).to(acc_dtype).sum(0)
-            else:
-                x = torch.tensor([ids[batch[0]]], device=device)
-                with scale_heads(model, m, spec):
-                    loss = sequence_losses(model, x, torch.ones_like(x), loss_chunk, parts)[0][0]
-                    loss.backward()
-                g = m.grad.detach()
-                with torch.no_grad():
-                    importance_sum += 1000.0 * g.abs() * m.detach()
-                    negatives += (g * m.detach() < 0).to(acc_dtype)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            tokens += sum(len(ids[i]) for i in batch)
-            bar.update(len(batch))
-            if ckpt and sum(len(x) for x in batches[last_saved:b + 1]) >= texts_per_ckpt:
-                save_ckpt(b + 1)
-                last_saved = b + 1
-    bar.close()
-    if ckpt and last_saved != len(batches):
-        save_ckpt(len(batches))
+    def run() -> None:
+        nonlocal importance_sum, negatives, tokens
+        last_saved = done
+        texts_per_ckpt = max(1, int(checkpoint_every))
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine[:done]),
+                   desc=f"LAHIS {mode} {language or ''}".strip(), unit="text", disable=not progress or not ctx.is_main)
+        with frozen(model, gradient_checkpointing), compiled_layers(model, spec, backend, mode) as compiled:
+            for k in range(done, len(mine)):
+                batch = batches[mine[k]]
+                if mode == "fast":
+                    g, counts = _batch_grads(model, spec, [ids[i] for i in batch], pad, parts, loss_chunk, compiled)
+                    # m == 1: |g*m| = |g| and [g*m < 0] = [g < 0]; sum over the batch's texts
+                    importance_sum += (1000.0 * g.abs()).sum(0)
+                    negatives += (g < 0).to(acc_dtype).sum(0)
+                else:
+                    x = torch.tensor([ids[batch[0]]], device=device)
+                    with (scale_heads(model, m, spec) if compiled is None else compiled.heads(m)):
+                        loss = sequence_losses(model, x, torch.ones_like(x), loss_chunk, parts)[0][0]
+                        loss.backward()
+                    g = m.grad.detach()
+                    with torch.no_grad():
+                        importance_sum += 1000.0 * g.abs() * m.detach()
+                        negatives += (g * m.detach() < 0).to(acc_dtype)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                tokens += sum(len(ids[i]) for i in batch)
+                bar.update(len(batch))
+                if ckpt and sum(len(batches[b]) for b in mine[last_saved:k + 1]) >= texts_per_ckpt:
+                    save_ckpt(k + 1)
+                    last_saved = k + 1
+        bar.close()
+        if ckpt and last_saved != len(mine):
+            save_ckpt(len(mine))
 
-    importance = importance_sum.float() / n
-    negative_fraction = negatives.float() / n
-    extra = {"max_length": int(max_length), "lahis_ctrl_version": __version__, "dtype": str(next(model.parameters()).dtype)}
+    ctx.agree(run, f"scoring {language or 'the texts'}")
+    if ctx.active:  # every rank's sums -> the sums of one process (float32; counts are exact)
+        total = torch.tensor([tokens], dtype=torch.int64)
+        ctx.all_reduce_sum_(importance_sum, negatives, total)
+        tokens = int(total.item())
+
+    importance = importance_sum.float().cpu() / n
+    negative_fraction = negatives.float().cpu() / n
+    extra = {"max_length": int(max_length), "lahis_ctrl_version": __version__,
+             "dtype": str(next(model.parameters()).dtype), "world_size": ctx.world_size}
     if mode == "faithful":
-        extra.update(lr=lr, mask_dtype=mask_dtype, final_m=m.detach().float().tolist())
+        extra.update(lr=lr, mask_dtype=mask_dtype, final_m=m.detach().float().cpu().tolist())
     else:
         extra.update(batch_size=batch_size)
     return HeadScores(importance * negative_fraction, importance, negative_fraction, model_type=spec.model_type,
@@ -210,43 +408,93 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
 
 def score_languages(model, tokenizer, languages: Sequence[str], source: str = "embedded", n: Optional[int] = None,
                     mode: str = "fast", max_length: int = 2048, batch_size: int = 4, seed: int = 0,
-                    out_dir: Optional[str | os.PathLike] = None, progress: bool = True, **kwargs) -> dict[str, HeadScores]:
+                    out_dir: Optional[str | os.PathLike] = None, progress: bool = True, split: str = "texts",
+                    overwrite: bool = False, distributed: bool = True, **kwargs) -> dict[str, HeadScores]:
     """Score several languages: {lang: HeadScores}. Texts come from `corpora.load_texts(source, lang, n, seed)`.
 
     With `out_dir`, each language is saved as <out_dir>/<lang>.safetensors (checkpointed while it runs)
-    and a language whose file already exists for the same model and mode is loaded instead of rescored.
+    and a language whose file already exists for the same model and mode is loaded instead of rescored
+    (`overwrite=True`: its file and checkpoints are deleted and it is rescored).
+
+    Under torch.distributed with several ranks (every rank calls this with the same arguments; each returns
+    the same dict):
+      * split="texts" (default): the languages one after the other, each language's texts split over all
+        ranks (score_heads); rank 0 decides what is already scored and writes the files.
+      * split="languages": whole languages per rank (language i on rank i % world_size), each scored by its rank
+        alone, exactly as one process scores it (no all-reduce; faithful mode allowed); each rank writes its own
+        languages' files and checkpoints (<lang>.ckpt.safetensors, the one-process format), then the ranks
+        exchange their results.
     """
+    if split not in SPLITS:
+        raise LahisError(f"unknown split '{split}': use one of {SPLITS}")
+    world = dist.env_world_size() if distributed else 1
+    if world > 1 and split == "texts" and mode == "faithful":
+        raise LahisError(dist.FAITHFUL_REFUSAL.format(world=world))
+    languages = list(languages)
+    ctx = dist.context(distributed)
+    common = dict(source=source, n=n, mode=mode, max_length=max_length, batch_size=batch_size, seed=seed,
+                  out_dir=out_dir, progress=progress, overwrite=overwrite)
+    if ctx.active and split == "languages":
+        mine = dist.split_languages(languages, ctx.world_size)[ctx.rank]
+        error: Optional[BaseException] = None
+        local: dict[str, HeadScores] = {}
+        try:
+            local = score_languages(model, tokenizer, mine, distributed=False, **common, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised after the other ranks know
+            error = exc
+        gathered = ctx.all_gather_object(None if error is not None else local)
+        if error is not None:
+            raise error
+        failed = [r for r, res in enumerate(gathered) if res is None]
+        if failed:
+            raise LahisError(f"scoring failed on rank(s) {', '.join(map(str, failed))} of {ctx.world_size} (their error is "
+                             "printed above); finished languages and checkpoints are kept: rerun to resume")
+        merged = {lang: s for res in gathered for lang, s in res.items()}
+        return {lang: merged[lang] for lang in languages}
+    return _score_languages_in_turn(ctx, model, tokenizer, languages, distributed=distributed, **common, **kwargs)
+
+
+def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, max_length, batch_size, seed, out_dir,
+                             progress, overwrite, distributed, **kwargs) -> dict[str, HeadScores]:
+    """One language after the other; under several ranks each language's texts are split over all of them."""
     from ..corpora.texts import load_texts
 
     spec = describe(model, kwargs.get("arch"))
     results: dict[str, HeadScores] = {}
     for lang in languages:
         path = Path(out_dir) / f"{lang}.safetensors" if out_dir else None
-        texts = load_texts(source, lang, n=n, seed=seed, tokenizer=tokenizer)
-        if path is not None and path.is_file():
+        ckpt = path.with_suffix(".ckpt.safetensors") if path is not None else None
+
+        def prepare(lang=lang, path=path, ckpt=ckpt):
+            if overwrite and path is not None and ctx.is_main:
+                for p in [path, ckpt, *dist.rank_checkpoints(ckpt)]:
+                    p.unlink(missing_ok=True)
+            texts = load_texts(source, lang, n=n, seed=seed, tokenizer=tokenizer)
+            if path is None or not ctx.is_main or not path.is_file():
+                return texts, None
             done = HeadScores.load(path).validate(spec)
             wanted = (mode, describe_source(source), len(texts), int(max_length))
             have = (done.mode, done.source, done.num_texts, done.extra.get("max_length"))
             if have != wanted:
                 raise LahisError(f"{path} already holds {lang} scores made with other settings (mode, source, texts, "
                                  f"max_length = {have}, now {wanted}); use another output folder or overwrite it")
+            return texts, done
+
+        texts, done = ctx.agree(prepare, f"preparing {lang}")
+        done = ctx.broadcast_object(done)  # rank 0 looked at the output folder: every rank follows its decision
+        if done is not None:
             log.info("%s: already scored (%s)", lang, path)
             results[lang] = done
             continue
-        ckpt = path.with_suffix(".ckpt.safetensors") if path is not None else None
         results[lang] = score_heads(model, tokenizer, texts, mode=mode, max_length=max_length, batch_size=batch_size,
                                     language=lang, source=describe_source(source), checkpoint=ckpt,
-                                    progress=progress, **kwargs)
+                                    progress=progress, distributed=distributed, **kwargs)
         if path is not None:
-            results[lang].save(path)
-            if ckpt.exists():
-                ckpt.unlink()
+            ctx.agree(lambda lang=lang, path=path: results[lang].save(path) if ctx.is_main else None, f"writing {path}")
+            own = dist.rank_checkpoint_path(ckpt, ctx.rank, ctx.world_size)
+            if own.exists():
+                own.unlink()
     return results
-
-
-def describe_source(source) -> str:
-    s = str(source)
-    return s if s in ("embedded", "wikipedia", "ntrex") or s.startswith("wikipedia:") else f"file:{s}"
 
 
 def describe_source(source) -> str:

@@ -1,8 +1,10 @@
-"""`lahis audit`: parsing real lm-eval samples, `lahis evaluate` output, jsonl and text; report numbers; bad input;
-the CI gate; all-or-nothing writes."""
+"""`lahis audit`: parsing real lm-eval samples, `lahis evaluate` output, jsonl, csv and text; report numbers and
+their Wilson intervals; bad input; the CI gate; all-or-nothing writes; --compare (paired change in off-target rate)
+and --metric lcb (the Language Confusion Benchmark)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,8 +196,12 @@ def test_evaluate_output_report(tmp_path, capsys):
         assert rows[("mask_de", lang)]["on_target"] == rows[("mask_de", lang)]["n"] == 2
     assert (report["on_target"], report["off_target"], report["undetermined"]) == (12, 2, 2)
 
+    # every rate with its 95% Wilson interval: 1/4 -> [4.6, 69.9], 2/4 -> [15.0, 85.0] (closed form in
+    # test_wilson_intervals_in_every_rate)
+    assert masked["off_target_ci"] == pytest.approx(list(wilson(2, 4)), abs=1e-12)
     md = (out_dir / "audit.md").read_text()
-    assert "| mask_de | de | 4 | 1 (25.0%) | 2 (50.0%) | 1 (25.0%) | en (2) | no letters (1) |" in md
+    assert ("| mask_de | de | 4 | 1 (25.0% [4.6, 69.9]) | 2 (50.0% [15.0, 85.0]) | 1 (25.0% [4.6, 69.9]) | en (2) "
+            "| no letters (1) |") in md
     assert "| expected | de | en | es | und |" in md and "| mask_de / de | 1 | 2 | 0 | 1 |" in md
     examples = [json.loads(x) for x in (out_dir / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == 16 and examples[0]["source"] == f"{path}:1" and examples[0]["lang"] == "de"
@@ -376,3 +382,319 @@ def test_langdetect_backend_in_report(tmp_path):
     assert report["backend"] == "langdetect"
     assert [(r["on_target"], r["off_target"], r["undetermined"]) for r in report["rows"]] == [
         (3, 0, 1), (2, 0, 0), (2, 0, 0), (1, 2, 1), (2, 0, 0), (2, 0, 0)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Intervals
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval in closed form (independent of eval.stats)."""
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (
+        1 + z * z / n)
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
+
+
+def test_wilson_intervals_in_every_rate(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
+    assert main(["audit", str(path)]) == 0
+    report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())
+    assert report["confidence"] == 0.95 and report["interval"] == "Wilson score"
+    for row in report["rows"] + [report]:
+        for key in ("on_target", "off_target", "undetermined"):
+            want = list(wilson(row[key], row["n"]))
+            assert row[f"{key}_ci"] == pytest.approx(want, abs=1e-12), (row.get("group"), key)
+            low, high = row[f"{key}_ci"]
+            assert low <= row[f"{key}_rate"] <= high
+    # totals: 2 of 16 off-target -> 12.5% [3.5, 36.0]
+    assert report["off_target_ci"] == pytest.approx([0.03497748774324047, 0.36022827265758683], abs=1e-12)
+    md = (tmp_path / "eval.audit" / "audit.md").read_text()
+    assert "- texts: 16; on-target 75.0% [50.5, 89.8], off-target 12.5% [3.5, 36.0], undetermined 12.5% [3.5, 36.0]" \
+        in md
+    assert "| baseline | de | 4 | 3 (75.0% [30.1, 95.4]) | 0 (0.0% [0.0, 49.0]) |" in md
+    printed = capsys.readouterr().out
+    assert re.search(r"\nmask_de / de +4 +25\.0% +50\.0% \[15\.0, 85\.0\] +25\.0% +en:2\n", printed)
+    assert re.search(r"\nall +16 +75\.0% +12\.5% \[3\.5, 36\.0\] +12\.5%\n", printed)
+
+
+def test_plot_draws_error_bars(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    calls = []
+    real = matplotlib.axes.Axes.barh
+
+    def spy(self, y, width, *args, **kwargs):
+        calls.append((list(width), kwargs.get("xerr")))
+        return real(self, y, width, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
+    report = run_audit(write_jsonl(tmp_path / "eval.jsonl", evaluate_rows()), out=tmp_path / "r")
+    assert (tmp_path / "r" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(calls) == 3  # on-target, off-target, undetermined: one bar per row each, with its interval
+    for (values, xerr), key in zip(calls, ("on_target", "off_target", "undetermined")):
+        assert values == [r[f"{key}_rate"] for r in report["rows"]]
+        for v, lo, hi, r in zip(values, xerr[0], xerr[1], report["rows"]):
+            assert (v - lo, v + hi) == pytest.approx(tuple(r[f"{key}_ci"]), abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --compare: two runs on the same items
+
+
+def two_runs(tmp_path, shuffle_b: bool = True) -> tuple[Path, Path]:
+    """A: the baseline rows of evaluate_rows (all on-target but one undetermined '1997'); B: the masked run, where
+    de-0 and de-1 came out in English (in reverse order when shuffle_b: matching is by id)."""
+    rows = evaluate_rows()
+    a = [r for r in rows if r["mask"] == "baseline"]
+    b = [r for r in rows if r["mask"] == "mask_de"]
+    return write_jsonl(tmp_path / "a.jsonl", a), write_jsonl(tmp_path / "b.jsonl", b[::-1] if shuffle_b else b)
+
+
+def test_compare_two_runs_by_item_id(tmp_path, capsys):
+    from lahis_ctrl.eval.stats import METHOD_MCNEMAR, paired_difference
+
+    a, b = two_runs(tmp_path)
+    assert main(["audit", str(a), "--compare", str(b)]) == 0
+    report = json.loads((tmp_path / "a.audit" / "audit.json").read_text())
+    c = report["compare"]["comparison"]
+    assert c["matched_by"] == "item id" and c["n_items"] == 8 and c["method"] == METHOD_MCNEMAR
+    rows = {r["expected"]: r for r in c["rows"]}
+    assert list(rows) == ["de", "en", "es", "all"]
+    de = rows["de"]
+    # de-num ('1997') is undetermined in both runs: dropped; of the 3 kept pairs, 2 turned off-target
+    assert (de["n_items"], de["n_pairs"], de["dropped_undetermined"]) == (4, 3, 1)
+    assert (de["off_target_a"], de["off_target_b"], de["a_only_off"], de["b_only_off"]) == (0, 2, 0, 2)
+    assert de["change"] == pytest.approx(2 / 3) and de["p_value"] == 0.5  # McNemar: 2 * P(X <= 0), X ~ Bin(2, 1/2)
+    assert de["off_target_ci_b"] == pytest.approx(list(wilson(2, 3)), abs=1e-12)
+    want = paired_difference([0, 0, 0], [1, 1, 0])  # the interval of eval.stats for these pairs
+    assert de["change_ci"] == pytest.approx(list(want.ci)) and de["change_ci"][0] < 2 / 3 < de["change_ci"][1]
+    en = rows["en"]
+    assert (en["change"], en["p_value"], en["b_only_off"]) == (0.0, 1.0, 0)
+    assert en["change_ci"] == pytest.approx(list(paired_difference([0, 0], [0, 0]).ci))
+    assert (rows["all"]["n_pairs"], rows["all"]["dropped_undetermined"]) == (7, 1)
+    assert rows["all"]["change"] == pytest.approx(2 / 7) and rows["all"]["p_value"] == 0.5
+    # B's own audit rides along
+    assert report["compare"]["input"] == str(b) and report["compare"]["off_target"] == 2
+    md = (tmp_path / "a.audit" / "audit.md").read_text()
+    assert "## Change in off-target rate: B - A" in md and "pairs where either output is undetermined are dropped " \
+        "(1 of 8)" in md
+    assert "| de | 4 | 3 | 1 | 0.0% [0.0, 56.1] | 66.7% [20.8, 93.9] | 0 | 2 | +66.7 [" in md
+    assert (tmp_path / "a.audit" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "change in off-target rate B - A (item id; pairs with an undetermined output dropped)" in printed
+    assert re.search(r"\nde\s+3\s+1\s+0\.0%\s+66\.7%\s+\+66\.7 \[.*\]\s+0\.5\n", printed)
+    # undetermined counted as off-target: nothing dropped, de-num is off in both runs
+    report = run_audit(a, compare=b, undetermined_as_off=True, plot=False, out=tmp_path / "u")
+    de = report["compare"]["comparison"]["rows"][0]
+    assert (de["n_pairs"], de["dropped_undetermined"], de["off_target_a"], de["off_target_b"]) == (4, 0, 1, 3)
+
+
+def test_compare_lm_eval_runs_by_doc_id(tmp_path):
+    """Two lm-eval --output_path folders of the same tasks: matched by task and doc_id, whatever the file order."""
+    b_dir = tmp_path / "b" / "model"
+    b_dir.mkdir(parents=True)
+    for f in sorted(COMMITTED_SAMPLES.rglob("samples_*.jsonl")):
+        rows = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines()]
+        for r in rows:
+            r["filtered_resps"] = ["Der Hund schläft den ganzen Tag auf dem Sofa im Wohnzimmer."]
+        write_jsonl(b_dir / f.name.replace("2026-11-25", "2026-12-01"), rows[::-1])
+    report = run_audit(COMMITTED_SAMPLES, compare=tmp_path / "b", plot=False, out=tmp_path / "r")
+    c = report["compare"]["comparison"]
+    assert c["matched_by"] == "item id" and c["n_items"] == 6
+    rows = {r["expected"]: r for r in c["rows"]}
+    # B answers German everywhere: off-target for the French task, on-target for the German one
+    assert rows["fr"]["off_target_rate_b"] == 1.0 and rows["de"]["off_target_rate_b"] == 0.0
+    records, _ = read_records(COMMITTED_SAMPLES)
+    assert sorted(r.item for r in records) == [f"audit_gen_{lang}:{i}" for lang in ("de", "fr") for i in range(3)]
+
+
+def test_compare_by_line_order_and_mismatches(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("\n".join(DE) + "\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("\n".join([DE[0], EN[0], DE[2]]) + "\n", encoding="utf-8")
+    report = run_audit(tmp_path / "a.txt", expected="de", compare=tmp_path / "b.txt", plot=False)
+    c = report["compare"]["comparison"]
+    assert c["matched_by"] == "line order" and c["rows"][0]["change"] == pytest.approx(1 / 3)
+    # a text more in B: the first one without a counterpart is named
+    (tmp_path / "c.txt").write_text("\n".join(DE + [EN[1]]) + "\n", encoding="utf-8")
+    with pytest.raises(LahisError, match=r"A has 3 texts and B 4; text 4 of B \(.*c.txt:4\) has no counterpart in A"):
+        run_audit(tmp_path / "a.txt", expected="de", compare=tmp_path / "c.txt", plot=False)
+    # the same ids are needed on both sides
+    a, b = two_runs(tmp_path)
+    rows = [json.loads(x) for x in b.read_text().splitlines()]
+    write_jsonl(b, [r for r in rows if r["id"] != "es-1"])
+    with pytest.raises(LahisError, match=r"do not hold the same items: item 'es-1' \(es\) of A \(.*a.jsonl:7\) is not "
+                                         r"in B"):
+        run_audit(a, compare=b, plot=False)
+    write_jsonl(b, rows + [rows[0]])
+    with pytest.raises(LahisError, match=r"B holds item 'de-num' \(de\) twice"):
+        run_audit(a, compare=b, plot=False)
+    capsys.readouterr()
+    assert main(["audit", str(a), "--compare", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lahis: error: --compare: B holds item") and err.count("\n") == 1
+    with pytest.raises(LahisError, match="needs a second run"):
+        run_audit(a, compare=a, plot=False)
+
+
+def test_csv_input_for_the_off_target_audit(tmp_path):
+    path = tmp_path / "gens.csv"
+    path.write_text('id,completion,language\n1,"' + DE[0] + '\nmit einer zweiten Zeile",de\n2,' + EN[0] + ',de\n',
+                    encoding="utf-8")
+    records, info = read_records(path)
+    assert info["format"] == "csv" and [(r.item, r.expected, r.source) for r in records] == [
+        ("1", "de", f"{path}:2"), ("2", "de", f"{path}:4")]
+    report = run_audit(path, plot=False)
+    assert (report["rows"][0]["on_target"], report["rows"][0]["off_target"]) == (1, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --metric lcb: the Language Confusion Benchmark
+
+FR = ["Voici une réponse complète en français pour vous aider.", "Elle contient une deuxième ligne bien écrite ici."]
+RU = "Это хороший ответ на русском языке для вас."
+LCB_ROWS = [
+    # (model, completion, task, source, language): okapi/fr: a pass, a line error the whole-text label misses,
+    # a skipped one (no line of 5 tokens), an English one; dolly/ru: a pass and a word error; crosslingual de
+    ("m1", f"{FR[0]}\n{FR[1]}", "monolingual", "okapi", "fr"),
+    ("m1", f"{FR[0]}\nThis second line is written in English instead.", "monolingual", "okapi", "fr"),
+    ("m1", "Oui.", "monolingual", "okapi", "fr"),
+    ("m1", "The whole answer is in English and not in French at all.", "monolingual", "okapi", "fr"),
+    ("m1", RU, "monolingual", "dolly_human_edited", "ru"),
+    ("m1", "Это хороший ответ на русском языке и слово computer.", "monolingual", "dolly_human_edited", "ru"),
+    ("m1", "Das ist eine gute Antwort auf Deutsch für dich.\nQ: and then an English question", "crosslingual",
+     "okapi", "de"),
+    ("m1", "That is a good answer in English for you today.", "crosslingual", "okapi", "de"),
+    ("m2", f"{FR[0]}\n{FR[1]}", "monolingual", "okapi", "fr"),
+    ("m2", "The answer is in English although the user wrote in Japanese.", "monolingual", "native_prompts", "ja"),
+]
+LCB_COLS = ("model", "completion", "task", "source", "language")
+
+
+def write_lcb_csv(path: Path, rows=LCB_ROWS, cols=LCB_COLS) -> Path:
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
+    return path
+
+
+def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
+    from lahis_ctrl.eval.lcb import lcb_report
+
+    path = write_lcb_csv(tmp_path / "outputs.csv")
+    assert main(["audit", str(path), "--metric", "lcb", "--details", "true"]) == 0
+    report = json.loads((tmp_path / "outputs.audit" / "audit.json").read_text())
+    assert report["metric"] == "lcb" and report["format"] == "csv" and report["n"] == 10
+    lcb = report["lcb"]
+    assert lcb["identifier"] == "fasttext:lid.176.ftz" and lcb["lid_threshold"] == 0.3
+    want = lcb_report([dict(zip(LCB_COLS, r)) for r in LCB_ROWS])
+    m1 = lcb["models"][0]
+    assert [e["model"] for e in lcb["models"]] == ["m1", "m2"]
+    mono = m1["tasks"]["monolingual"]
+    for key in ("lpr", "wpr", "lcpr"):  # the benchmark's figures are lcb_report's
+        assert mono["overall"][key] == want["models"][0]["tasks"]["monolingual"]["overall"][key]
+    fr, ru = mono["per_language"]["fr"], mono["per_language"]["ru"]
+    # fr: 3 scored (one skipped), 1 line error (the mixed one; the English one is the second) -> LPR 1/3
+    g = {(x["source"], x["language"]): x for x in mono["groups"]}
+    assert (g[("okapi", "fr")]["n_scored"], g[("okapi", "fr")]["line_errors"]) == (3, 2)
+    assert fr["lpr"] == pytest.approx(1 / 3) and fr["lpr_ci"] == pytest.approx(list(wilson(1, 3)), abs=1e-12)
+    assert fr["wpr"] is None and fr["wpr_ci"] is None and fr["lcpr"] == fr["lpr"]
+    # ru: no line error, one of two with an English word -> WPR 1/2
+    assert ru["lpr"] == 1.0 and ru["wpr"] == 0.5 and ru["wpr_ci"] == pytest.approx(list(wilson(1, 2)), abs=1e-12)
+    assert ru["lcpr"] == pytest.approx(2 / 3)
+    # the whole-text metric beside it: one label per completion -- the mixed fr completion is on-target there,
+    # "Oui." is undetermined, the English one off-target
+    w = fr["whole_text"]
+    assert (w["n"], w["on_target"], w["off_target"], w["undetermined"]) == (4, 2, 1, 1)
+    assert w["off_target_ci"] == pytest.approx(list(wilson(1, 4)), abs=1e-12)
+    # overall: means over languages, no single proportion -> no interval; whole text pooled over both languages
+    assert mono["overall"]["lpr"] == pytest.approx((1 / 3 + 1) / 2) and mono["overall"]["lpr_ci"] is None
+    assert mono["overall"]["whole_text"]["n"] == 6 and mono["overall"]["skipped"] == 1
+    # crosslingual de: the text after "\nQ:" counts for neither metric
+    de = m1["tasks"]["crosslingual"]["per_language"]["de"]
+    assert de["lpr"] == 0.5 and de["whole_text"]["off_target"] == 1
+    md = (tmp_path / "outputs.audit" / "audit.md").read_text()
+    assert "## m1" in md and "## m2" in md
+    assert "### monolingual: LPR 66.7 | WPR 50.0 | LCPR 57.1 | whole-text off-target 16.7% [3.0, 56.4]" in md
+    assert "| fr | 33.3 [6.1, 79.2] | - | 33.3\\* | 25.0% [4.6, 69.9] | 25.0% [4.6, 69.9] | 1 | 4 |" in md
+    assert "| dolly_human_edited / ru | 2 | 0 | 100.0 [34.2, 100.0] | 50.0 [9.5, 90.5] | 0.0% [0.0, 65.8] |" in md
+    # m2 / ja: its only completion has a line error, so no completion is left for the word level: the
+    # benchmark's WPR of 1.0, marked as resting on nothing
+    ja = lcb["models"][1]["tasks"]["monolingual"]["per_language"]["ja"]
+    assert (ja["lpr"], ja["wpr"], ja["wpr_n"], ja["wpr_ci"]) == (0.0, 1.0, 0, None)
+    assert "| ja | 0.0 [0.0, 79.3] | 100.0 (n=0) | 0.0 | 100.0% [20.7, 100.0] |" in md
+    examples = [json.loads(x) for x in (tmp_path / "outputs.audit" / "examples.jsonl").read_text().splitlines()]
+    assert [e["line_error"] for e in examples[:4]] == [False, True, None, True] and examples[2]["skipped"]
+    assert examples[5]["english_tokens"] == ["computer"] and examples[1]["whole_text_lang"] == "fr"
+    assert (tmp_path / "outputs.audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "m1 / monolingual: LPR 66.7  WPR 50.0  LCPR 57.1" in out and "fr         33.3      -   33.3" in out
+
+
+def test_lcb_metric_jsonl_and_lm_eval_samples(tmp_path):
+    rows = [dict(zip(LCB_COLS, r)) for r in LCB_ROWS if r[0] == "m1"]
+    a = run_audit(write_jsonl(tmp_path / "c.jsonl", [{k: v for k, v in r.items() if k != "model"} for r in rows]),
+                  metric="lcb", plot=False)
+    assert a["format"] == "jsonl" and [e["model"] for e in a["lcb"]["models"]] == [None]
+    # lm-eval samples of the lcb tasks: the doc carries language, source and task; the model is the run's folder
+    run = tmp_path / "out" / "my__model"
+    run.mkdir(parents=True)
+    for task in ("monolingual", "crosslingual"):
+        samples = [{"doc_id": i, "doc": {"prompt": "p", "language": r["language"], "source": r["source"],
+                                          "task": task}, "filtered_resps": [r["completion"]], "filter": "none"}
+                   for i, r in enumerate(x for x in rows if x["task"] == task)]
+        for lang in sorted({s["doc"]["language"] for s in samples}):
+            write_jsonl(run / f"samples_lcb_{task}_{lang}_2026-12-01T10-00-00.000001.jsonl",
+                        [s for s in samples if s["doc"]["language"] == lang])
+    b = run_audit(tmp_path / "out", metric="lcb", plot=False)
+    assert b["format"] == "lm-eval" and len(b["files"]) == 3 and b["n"] == 8
+    (entry,) = b["lcb"]["models"]
+    assert entry["model"] == "my__model"
+    for task in ("monolingual", "crosslingual"):
+        assert entry["tasks"][task]["per_language"] == a["lcb"]["models"][0]["tasks"][task]["per_language"]
+
+
+def test_lcb_metric_bad_input(tmp_path, capsys):
+    path = write_lcb_csv(tmp_path / "no_task.csv", [r[:3] + r[4:] for r in LCB_ROWS[:2]],
+                         ("model", "completion", "source", "language"))
+    with pytest.raises(LahisError, match=r"no_task.csv:2: no 'task' \(the LCB layout has completion, language, "
+                                         r"source, task and optionally model"):
+        run_audit(path, metric="lcb")
+    assert main(["audit", str(path), "--metric", "lcb"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lahis: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "no_task.audit").exists()
+    bad = write_lcb_csv(tmp_path / "bad.csv", [("m", "x", "summary", "okapi", "fr"), ("m", "y", "monolingual", "okapi",
+                                                                                       "French")])
+    with pytest.raises(LahisError, match=r"bad.csv:2: unknown LCB task 'summary'"):
+        run_audit(bad, metric="lcb")
+    with pytest.raises(LahisError, match=r"all 2 lines were bad \(first: .*bad.csv:2: unknown LCB task"):
+        run_audit(bad, metric="lcb", skip_bad=True)
+    with pytest.raises(LahisError, match=r"bad.csv:4: the language 'French' is not a lowercase code"):
+        run_audit(write_lcb_csv(tmp_path / "bad.csv", [LCB_ROWS[0], ("m", "y", "monolingual", "okapi", "French")]),
+                  metric="lcb")
+    with pytest.raises(LahisError, match=r"--expected does not apply to --metric lcb"):
+        run_audit(write_lcb_csv(tmp_path / "ok.csv"), metric="lcb", expected="fr")
+    with pytest.raises(LahisError, match=r"--compare does not apply to --metric lcb"):
+        run_audit(tmp_path / "ok.csv", metric="lcb", compare=tmp_path / "ok.csv")
+    with pytest.raises(LahisError, match=r"--metric lcb needs the benchmark's completion layout"):
+        (tmp_path / "t.txt").write_text("hello\n")
+        run_audit(tmp_path / "t.txt", metric="lcb")
+    with pytest.raises(LahisError, match=r"the sample's doc has no language, source and task"):
+        run_audit(COMMITTED_SAMPLES, metric="lcb")
+    with pytest.raises(LahisError, match="unknown --metric 'bleu'"):
+        run_audit(tmp_path / "ok.csv", metric="bleu")
+
+
+def test_lcb_metric_with_another_language_id_model(tmp_path):
+    model = Path(__file__).parent / "data" / "tiny_glotlid.ftz"
+    path = write_lcb_csv(tmp_path / "outputs.csv")
+    assert main(["audit", str(path), "--metric", "lcb", "--backend", "glotlid", "--lid_model", str(model),
+                 "--plot", "false"]) == 0
+    report = json.loads((tmp_path / "outputs.audit" / "audit.json").read_text())
+    assert report["lcb"]["identifier"] == "fasttext:tiny_glotlid.ftz"  # the same model file, read raw
+    assert report["backend"] == "glotlid:tiny_glotlid.ftz"
+    assert main(["audit", str(path), "--metric", "lcb", "--lid_model", str(tmp_path / "none.bin")]) == 2

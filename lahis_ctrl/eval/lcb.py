@@ -59,7 +59,8 @@ from ..corpora.lcb import (
 __all__ = [
     "CROSSLINGUAL_SOURCES", "LCB_LANGUAGES", "LCB_TASKS", "LID_THRESHOLD", "MIN_TOKENS", "MONOLINGUAL_SOURCES",
     "SOURCE_NAMES", "WORDS_FILE", "WPR_LANGUAGES", "english_words", "format_lcb_report", "lcb_completion",
-    "lcb_identifier", "lcb_metrics", "lcb_report", "normalize_completion", "tokenize_line",
+    "lcb_identifier", "lcb_metrics", "lcb_outcome", "lcb_rates", "lcb_report", "normalize_completion",
+    "tokenize_line",
 ]
 
 LID_THRESHOLD = 0.3  # a line's label counts only when its probability is > this; else "unknown"
@@ -402,6 +403,56 @@ def _mean_metrics(items: list[dict]) -> dict:
         values = [m[key] for m in items if m.get(key) is not None]
         out[key] = math.fsum(values) / len(values) if values else None
     out["lcpr"], out["lcpr_from_lpr_only"] = _lcpr(out["lpr"], out["wpr"])
+    return out
+
+
+def lcb_outcome(judgement: Mapping, source: str) -> dict:
+    """What `lcb_rates` needs of one completion: its ``language``, ``source``, ``skipped``, ``line_error`` and
+    ``word_error`` (from the `lcb_completion` judgement of the completion; plain JSON values)."""
+    return {"language": judgement["language"], "source": str(source), "skipped": bool(judgement["skipped"]),
+            "line_error": judgement["line_error"], "word_error": judgement["word_error"]}
+
+
+def lcb_rates(outcomes: Iterable[Mapping]) -> dict:
+    """LPR, WPR and LCPR of per-completion outcomes (`lcb_outcome`), averaged exactly as `lcb_report` averages.
+
+    Per (source, language): ``lpr = 1 - line errors / max(1, scored)`` and, for ar hi ja ko ru zh, ``wpr = 1 - word
+    errors / max(1, scored without a line error)`` (skipped completions count nowhere); per language the mean over
+    its sources; the result is the mean over the languages of the per-language means (WPR over the languages that
+    have it). So the outcomes of one language give that language's figures (`lcb_report`'s ``per_language``), those
+    of a whole task its ``overall`` figures. LCPR = harmonic mean of LPR and WPR, the LPR where there is no WPR.
+    This is the aggregation of the lm-eval ``lcb_*`` tasks.
+
+    Returns ``lpr``, ``wpr`` (None without an ar/hi/ja/ko/ru/zh outcome), ``lcpr``, ``lcpr_from_lpr_only``, ``n``,
+    ``n_scored``, ``n_languages``, ``n_sources`` (distinct (source, language) pairs).
+    """
+    groups: dict[tuple[str, str], list[int]] = {}  # (language, source) -> [n, scored, line errors, word errors]
+    for i, o in enumerate(outcomes):
+        if not isinstance(o, Mapping) or any(k not in o for k in ("language", "source", "skipped", "line_error")):
+            raise LahisError(f"LCB outcome {i} must be a dict with language, source, skipped, line_error and "
+                             f"word_error (what lcb_outcome returns), got {o!r:.120}")
+        c = groups.setdefault((_check_lang(o["language"]), str(o["source"])), [0, 0, 0, 0])
+        c[0] += 1
+        if o["skipped"]:
+            continue
+        c[1] += 1
+        if o["line_error"]:
+            c[2] += 1
+        elif o.get("word_error"):
+            c[3] += 1
+    if not groups:
+        raise LahisError("lcb_rates got no outcomes")
+    by_lang: dict[str, list[dict]] = {}
+    for (lang, _source), (n, scored, line_errors, word_errors) in groups.items():
+        # the expressions of lcb_metrics, so that the floats are the same
+        by_lang.setdefault(lang, []).append({
+            "lpr": 1 - line_errors / max(1, scored),
+            "wpr": 1 - word_errors / max(1, scored - line_errors) if lang in WPR_LANGUAGES else None})
+    per_lang = [_mean_metrics(items) for _, items in sorted(by_lang.items())]
+    out = _mean_metrics(per_lang)
+    del out["acc"]
+    out.update(n=sum(c[0] for c in groups.values()), n_scored=sum(c[1] for c in groups.values()),
+               n_languages=len(by_lang), n_sources=len(groups))
     return out
 
 

@@ -13,10 +13,16 @@ per sample the language of the output (langid):
     share of off-target outputs AMONG THE DETERMINED ONES;
   * undetermined_rate: 1.0 when the language could not be decided (too short, digits only, low
     confidence), aggregated with `mean`. Undecided outputs never count silently as on-target.
+
+The Language Confusion Benchmark tasks (lcb_*): `lcb` (dataset), `LCBTask` / `lcb_context` (the prompt: chat
+template or the benchmark's few-shot base-model format), `process_lcb` (per completion the benchmark's outcome,
+eval.lcb.lcb_outcome) and the aggregations `lcb_lpr`, `lcb_wpr`, `lcb_lcpr` (eval.lcb.lcb_rates: per source,
+then the mean over sources, as eval.lcb.lcb_report).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -193,3 +199,175 @@ def process_translation(doc: dict, results: list[str]) -> dict[str, Any]:
     hyp = results[0].strip()
     return {"chrf": (doc["reference"], hyp), **off_target(hyp, doc["lang"], doc)}
 
+
+# ------------------------------------------------------------------------------------------ LCB
+# The tasks lcb_monolingual_<lang> / lcb_crosslingual_<lang> (tasks/lcb/). Prompt: with lm-eval's
+# --apply_chat_template the benchmark's prompt is the user turn of the model's chat template (the paper's setting
+# for chat models: no examples); otherwise the benchmark's base-model format ("Q: ...\nA:", corpora.lcb.
+# base_model_prompt) after LCB_DEFAULT_SHOTS of its own few-shot examples (the paper's base-model results are
+# one-shot; it uses five shots as a mitigation). Metrics: the benchmark's LPR/WPR/LCPR (eval.lcb), aggregated per
+# task exactly as eval.lcb.lcb_report aggregates (per source, then the mean over sources), and the project's
+# whole-text off-target metrics.
+LCB_DEFAULT_SHOTS = 1  # few-shot examples in the base-model format (metadata lcb_shots)
+LCB_DEFAULT_CHAT_SHOTS = 0  # examples as earlier chat turns under a chat template (metadata lcb_chat_shots)
+LCB_MAX_SHOTS = 5  # the benchmark has five examples per task and language
+LCB_STOP = "\nQ:"  # the base-model format's next turn
+
+
+def _lcb_shots(value, key: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        shots = int(value)
+        ok = shots == float(value) and 0 <= shots <= LCB_MAX_SHOTS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise LahisError(f"{key} must be a whole number from 0 to {LCB_MAX_SHOTS} (the benchmark's few-shot examples "
+                         f"per language), got {value!r}")
+    return shots
+
+
+def lcb(task: str, lang: str, start: int | None = None, end: int | None = None, **metadata: Any):
+    """The benchmark's `task` prompts in `lang` as DatasetDict({'test': ...}) (corpora.lcb.load_lcb; sources in the
+    benchmark's order, items [start:end]).
+
+    Each row: ``id`` (``<task>/<folder>/<lang>/<i>``), ``prompt``, ``source``, ``folder``, ``language``, ``task``
+    (and ``location``, ``phrasing`` for crosslingual), ``data_dir`` (where the few-shot examples are read; None =
+    the benchmark's public files), ``lcb_shots`` / ``lcb_chat_shots`` (metadata, defaults 1 / 0) and the lid_*
+    settings. The few-shot examples are checked here, so that a bad setting fails before any generation.
+    """
+    from ...corpora.lcb import few_shot_examples, load_lcb
+
+    data_dir = _data_dir(metadata)
+    shots = _lcb_shots(metadata.get("lcb_shots"), "lcb_shots", LCB_DEFAULT_SHOTS)
+    chat_shots = _lcb_shots(metadata.get("lcb_chat_shots"), "lcb_chat_shots", LCB_DEFAULT_CHAT_SHOTS)
+    if max(shots, chat_shots):
+        few_shot_examples(task, lang, data_dir)  # readable, and has this language
+    lid = _lid_fields(metadata)
+    rows, seen = [], {}
+    for r in load_lcb(task, lang, data_dir):
+        i = seen[r["folder"]] = seen.get(r["folder"], -1) + 1
+        rows.append({"id": f"{task}/{r['folder']}/{lang}/{i}", **r,
+                     "data_dir": None if data_dir is None else str(data_dir), "lcb_shots": shots,
+                     "lcb_chat_shots": chat_shots, **lid})
+    return _dataset_dict("test", _slice(rows, start, end))
+
+
+def lcb_prompt(doc: dict) -> str:
+    """The benchmark's prompt as the user wrote it (the user turn under a chat template)."""
+    return doc["prompt"]
+
+
+def lcb_context(doc: dict, num_fewshot: int | None = None, chat_template=None,
+                system_instruction: str | None = None) -> str:
+    """The text the model continues for one LCB document.
+
+    chat_template (lm-eval's, when --apply_chat_template is on): the few-shot examples as earlier user/assistant
+    turns (``lcb_chat_shots``, default 0) and the prompt as the last user turn, rendered by the model's template.
+    Without it: the benchmark's base-model format ``Q: ...\\nA: ...\\n\\nQ: <prompt>\\nA:`` with ``lcb_shots``
+    examples (default 1). lm-eval's --num_fewshot k, k >= 1, overrides both counts; lm-eval reports an unset
+    --num_fewshot as 0, so 0 means "the task's defaults" (for no examples in the base format set lcb_shots=0).
+    Examples are the benchmark's own (corpora.lcb.few_shot_examples), never other test items.
+    """
+    from ...corpora.lcb import base_model_prompt, chat_turns
+
+    chat = chat_template is not None
+    if num_fewshot:
+        shots = _lcb_shots(num_fewshot, "--num_fewshot", LCB_DEFAULT_SHOTS)
+    elif chat:
+        shots = _lcb_shots(doc.get("lcb_chat_shots"), "lcb_chat_shots", LCB_DEFAULT_CHAT_SHOTS)
+    else:
+        shots = _lcb_shots(doc.get("lcb_shots"), "lcb_shots", LCB_DEFAULT_SHOTS)
+    messages = chat_turns(doc["prompt"], doc["task"], doc["language"], shots, doc.get("data_dir"))
+    if chat:
+        if system_instruction:
+            messages = [{"role": "system", "content": system_instruction}, *messages]
+        return chat_template(messages, add_generation_prompt=True)
+    prompt = base_model_prompt(messages)
+    return f"{system_instruction}\n\n{prompt}" if system_instruction else prompt
+
+
+def _lcb_identifier(doc: dict):
+    """The LCB line language ID for a document: the lid_backend / lid_model of its metadata, else lid.176.ftz."""
+    from ...eval.lcb import lcb_identifier
+
+    if not (doc.get("lid_backend") or doc.get("lid_model")):
+        return lcb_identifier(None)
+    from ...eval.langid import get_identifier
+
+    return lcb_identifier(get_identifier(backend=doc.get("lid_backend") or None,
+                                         model_path=doc.get("lid_model") or None))
+
+
+def process_lcb(doc: dict, results: list[str]) -> dict[str, Any]:
+    """lcb_*: the completion's LCB outcome (eval.lcb.lcb_outcome: language, source, skipped, line_error,
+    word_error) for lpr / lcpr (and wpr in ar hi ja ko ru zh), aggregated by lcb_lpr / lcb_wpr / lcb_lcpr; and the
+    whole-text off-target metrics of the text before the first "\\nQ:"."""
+    from ...eval.lcb import WPR_LANGUAGES, lcb_completion, lcb_outcome
+
+    text = results[0]
+    lang = doc["language"]
+    outcome = lcb_outcome(lcb_completion(text, lang, _lcb_identifier(doc)), doc["source"])
+    out: dict[str, Any] = {"lpr": outcome, "lcpr": outcome}
+    if lang in WPR_LANGUAGES:
+        out["wpr"] = outcome
+    out.update(off_target(text.split(LCB_STOP, 1)[0], lang, doc))
+    return out
+
+
+def lcb_lpr(items: list[dict]) -> float:
+    """Line-level pass rate of a task's outcomes: per source 1 - line errors / scored, then the mean over sources."""
+    from ...eval.lcb import lcb_rates
+
+    return lcb_rates(items)["lpr"]
+
+
+def lcb_wpr(items: list[dict]) -> float:
+    """Word-level pass rate (ar hi ja ko ru zh): per source 1 - word errors / scored without line errors, then the
+    mean over sources; NaN for other languages (their tasks do not report it)."""
+    from ...eval.lcb import lcb_rates
+
+    wpr = lcb_rates(items)["wpr"]
+    return NAN if wpr is None else wpr
+
+
+def lcb_lcpr(items: list[dict]) -> float:
+    """Language confusion pass rate: harmonic mean of the task's LPR and WPR (its LPR where WPR is undefined)."""
+    from ...eval.lcb import lcb_rates
+
+    return lcb_rates(items)["lcpr"]
+
+
+@functools.lru_cache(maxsize=1)
+def _lcb_task_class():
+    from lm_eval.api.task import ConfigurableTask
+
+    class LCBTask(ConfigurableTask):
+        """lm-eval's ConfigurableTask with the LCB prompt (`lcb_context`): the model's chat template when lm-eval
+        applies one, else the benchmark's few-shot base-model format. Nothing model-specific: it runs the same
+        under lahis_hf, lahis_vllm and lm-eval's own model types."""
+
+        def __init__(self, *args, config: dict | None = None, **kwargs):
+            if config is not None:  # lm-eval hands over the YAML's `class` key with the rest of the config
+                config = {k: v for k, v in config.items() if k != "class"}
+            super().__init__(*args, config=config, **kwargs)
+
+        def fewshot_docs(self):
+            return None  # examples come from the benchmark's few-shot file, never from the test items
+
+        def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
+                            fewshot_as_multiturn=False, chat_template=None, gen_prefix=None, **kwargs):
+            return lcb_context(doc, self.config.num_fewshot, chat_template if apply_chat_template else None,
+                               system_instruction)
+
+    LCBTask.__module__ = __name__
+    LCBTask.__qualname__ = "LCBTask"
+    return LCBTask
+
+
+def __getattr__(name: str):
+    # LCBTask subclasses lm-eval's task class: built on first use, so importing this module needs no lm_eval
+    if name == "LCBTask":
+        return _lcb_task_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

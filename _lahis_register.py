@@ -1,15 +1,22 @@
-"""Register lahis-ctrl's lm-eval model types (`lahis_hf`, `lahis_vllm`) without anyone importing lahis_ctrl.
+"""Register lahis-ctrl with lm-eval (the `lahis_hf` / `lahis_vllm` model types and the task folder) without
+anyone importing lahis_ctrl.
 
-lm-evaluation-harness has no plugin discovery: a model name resolves only once something registered it.
-lahis-ctrl installs `lahis_ctrl_lm_eval.pth` into site-packages; the interpreter runs its one line at
-start-up, which calls `install()` below. That adds a tiny finder to `sys.meta_path` and nothing else
-(standard library only: no torch, no lm_eval import, a few microseconds). When - and only when - some
-process imports `lm_eval.api.registry`, the finder lets the real import run and then registers the two
-names as lazy "module:Class" placeholders, so even then nothing heavy is imported until lm-eval
-actually instantiates `lahis_hf` or `lahis_vllm`.
+lm-evaluation-harness has no plugin discovery: a model name resolves only once something registered it, and
+tasks are found only in its own folder and in --include_path. lahis-ctrl installs `lahis_ctrl_lm_eval.pth`
+into site-packages; the interpreter runs its one line at start-up, which calls `install()` below. That adds
+a tiny finder to `sys.meta_path` and nothing else (standard library only: no torch, no lm_eval import, a few
+microseconds). When - and only when - some process imports one of lm-eval's modules below, the finder lets
+the real import run and then:
+
+* `lm_eval.api.registry`: registers the two model names as lazy "module:Class" placeholders (nothing heavy is
+  imported until lm-eval instantiates `lahis_hf` or `lahis_vllm`);
+* `lm_eval.tasks.manager`: every TaskManager that includes lm-eval's built-in tasks also indexes lahis-ctrl's
+  task folder, after the built-ins and before any --include_path. So `lm_eval --model lahis_hf --tasks
+  xquad_de` runs this project's xquad_de (lm-eval's built-in one imports a module transformers 5 removed),
+  and a user's own --include_path still overrides both.
 
 Opt out: set LAHIS_NO_LM_EVAL_HOOK=1 (any non-empty value but 0/false/no) and the .pth does nothing.
-`import lahis_ctrl` registers the names regardless (an explicit import is an explicit opt-in).
+`import lahis_ctrl` installs the hook regardless (an explicit import is an explicit opt-in).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import sys
 
 OPT_OUT_ENV = "LAHIS_NO_LM_EVAL_HOOK"
 REGISTRY_MODULE = "lm_eval.api.registry"
+TASKS_MODULE = "lm_eval.tasks.manager"
+_PATCHED = "__lahis_ctrl_tasks__"
 MODELS = {
     "lahis_hf": "lahis_ctrl.integrations.lm_eval.models:LahisHFLM",
     "lahis_vllm": "lahis_ctrl.integrations.vllm.lm_eval_model:LahisVLLM",
@@ -44,11 +53,61 @@ def register(registry_module) -> None:
             registry.register(name, target=target)
 
 
-class _Loader:
-    """Wraps the real loader of lm_eval.api.registry: run it, then register (every other call delegates)."""
+def tasks_dir():
+    """lahis-ctrl's lm-eval task folder, found without importing lahis_ctrl (None when it is not installed)."""
+    import importlib.util
 
-    def __init__(self, loader):
-        self._loader = loader
+    try:
+        spec = importlib.util.find_spec("lahis_ctrl")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = os.path.join(location, "integrations", "lm_eval", "tasks")
+        if os.path.isdir(folder):
+            return folder
+    return None
+
+
+def include_tasks(manager_module) -> None:
+    """Make every TaskManager that indexes lm-eval's built-in tasks index lahis-ctrl's task folder too (idempotent)."""
+    cls = manager_module.TaskManager
+    original = cls.__init__
+    if getattr(original, _PATCHED, False):
+        return
+
+    def __init__(self, verbosity=None, include_path=None, include_defaults=True, metadata=None):
+        ours = tasks_dir()
+        if include_defaults and ours is not None:
+            paths = list(include_path) if isinstance(include_path, (list, tuple)) else \
+                ([] if include_path is None else [include_path])
+            if not any(os.path.realpath(str(p)) == os.path.realpath(ours) for p in paths):
+                include_path = [ours, *paths]  # after the built-ins (ours win), before the user's (theirs win)
+        original(self, verbosity=verbosity, include_path=include_path, include_defaults=include_defaults,
+                 metadata=metadata)
+
+    __init__.__wrapped__ = original
+    setattr(__init__, _PATCHED, True)
+    cls.__init__ = __init__
+    import logging
+
+    logging.getLogger("lm_eval.tasks._index").addFilter(_quiet_own_overrides)
+
+
+def _quiet_own_overrides(record) -> bool:
+    """lm-eval warns for every task of an include path that replaces a built-in one; for this package's own
+    folder that replacement is the point (its xquad_<lang> tasks replace built-ins broken under transformers 5)."""
+    ours = tasks_dir()
+    return not (ours and "overrides existing task" in record.getMessage() and ours in record.getMessage())
+
+
+_ACTIONS = {REGISTRY_MODULE: register, TASKS_MODULE: include_tasks}
+
+
+class _Loader:
+    """Wraps the real loader of one of lm-eval's modules: run it, then act (every other call delegates)."""
+
+    def __init__(self, loader, action):
+        self._loader, self._action = loader, action
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -56,19 +115,19 @@ class _Loader:
     def exec_module(self, module):
         self._loader.exec_module(module)
         try:
-            register(module)
+            self._action(module)
         except Exception as exc:  # never turn an lm_eval import into a failure of ours
-            print(f"lahis-ctrl: could not register lahis_hf/lahis_vllm with lm-eval: {exc}", file=sys.stderr)
+            print(f"lahis-ctrl: could not register with lm-eval ({module.__name__}): {exc}", file=sys.stderr)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
 
 
 class _Finder:
-    """A sys.meta_path entry that only ever answers for lm_eval.api.registry."""
+    """A sys.meta_path entry that only ever answers for the lm-eval modules in _ACTIONS."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != REGISTRY_MODULE:
+        if fullname not in _ACTIONS:
             return None
         for finder in sys.meta_path:
             if finder is self or isinstance(finder, _Finder):
@@ -77,23 +136,26 @@ class _Finder:
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _Loader(spec.loader)
+                    spec.loader = _Loader(spec.loader, _ACTIONS[fullname])
                 return spec
         return None
 
 
 def install(force: bool = False) -> bool:
-    """Arrange for registration when lm-eval's registry is imported; register now if it already is.
+    """Arrange for registration when lm-eval's registry and task manager are imported (now, if they already are).
 
     force=False (the .pth) honours the opt-out; force=True (`import lahis_ctrl`) does not.
     Returns whether a hook or a registration happened.
     """
     if not force and opted_out():
         return False
-    module = sys.modules.get(REGISTRY_MODULE)
-    if module is not None and hasattr(module, "model_registry"):
-        register(module)
-        return True
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    pending = False
+    for name, action in _ACTIONS.items():
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "model_registry" if name == REGISTRY_MODULE else "TaskManager"):
+            action(module)  # already imported: act now
+        else:
+            pending = True
+    if pending and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     return True

@@ -63,9 +63,11 @@ def test_resume_reuses_generations(llama, tok, tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "greedy_generate", fail)
     again = evaluate_masks(llama, tok, "en", {"original": None}, ROWS, max_new_tokens=3, batch_size=2, out_dir=tmp_path)
     assert again.records == first.records
-    # other settings are not mixed with the old generations
-    with pytest.raises(AssertionError, match="generated again"):
+    # another run's generations are neither mixed in nor replaced: refused, unless overwrite says so
+    with pytest.raises(LahisError, match="other settings"):
         evaluate_masks(llama, tok, "en", {"original": None}, ROWS, max_new_tokens=5, out_dir=tmp_path)
+    with pytest.raises(AssertionError, match="generated again"):
+        evaluate_masks(llama, tok, "en", {"original": None}, ROWS, max_new_tokens=5, out_dir=tmp_path, overwrite=True)
 
 
 def test_bad_inputs(llama, tok, tmp_path):
@@ -92,7 +94,7 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
     model_dir = save_tiny(tmp_path / "tiny", "llama")
     mask_path = tmp_path / "random.safetensors"
-    rc = main(["train-mask", "--lang", "en", "--model", str(model_dir), "--heads", "random", "--n", "2",
+    rc = main(["train-mask", "--lang", "en", "--model", str(model_dir), "--heads", "random", "--trainable_heads", "2",
                "--epochs", "1", "--data", "embedded", "--train_size", "2", "--max_length", "64",
                "--out", str(mask_path)])
     assert rc == 0 and mask_path.is_file()

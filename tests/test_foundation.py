@@ -69,8 +69,12 @@ def test_bad_override_is_explained():
     model = tiny_model("llama")
     with pytest.raises(UnknownArchitectureError, match="do not exist"):
         describe(model, {"o_proj": "model.layers.{layer}.attn.nope"})
-    with pytest.raises(UnknownArchitectureError, match="input features"):
+    with pytest.raises(UnknownArchitectureError, match="contradicts the model's config"):
         describe(model, {"o_proj": "model.layers.{layer}.self_attn.o_proj", "num_heads": 8})
+    with pytest.raises(UnknownArchitectureError, match="no '{layer}' placeholder"):  # every layer -> one module
+        describe(model, {"o_proj": "model.layers.0.self_attn.o_proj"})
+    with pytest.raises(UnknownArchitectureError, match="positive whole number"):
+        describe(model, {"o_proj": "model.layers.{layer}.self_attn.o_proj", "head_dim": -4})
     with pytest.raises(UnknownArchitectureError, match="unknown keys"):
         describe(model, {"o_proj": "x", "heads": 3})
 
@@ -385,12 +389,20 @@ def test_load_model_from_local_dir(tmp_path, tok):
         embedded_model_dir("gemma-9")
 
 
-def test_cli_accepts_dashed_option_names():
-    from lahis_ctrl.cli import _underscore_options
+def test_cli_accepts_dashed_option_names_comma_lists_and_bare_flags():
+    from lahis_ctrl.cli import COMMANDS, _load, _PASSTHROUGH
+    from lahis_ctrl.cli.options import normalize_argv
 
-    assert _underscore_options(["audit", "x.jsonl", "--max-off-target", "0.1", "--skip-bad=true", "--lang_field", "a-b"]) \
-        == ["audit", "x.jsonl", "--max_off_target", "0.1", "--skip_bad=true", "--lang_field", "a-b"]
-    assert _underscore_options(["eval", "--model-args", "x"]) == ["eval", "--model-args", "x"]  # lm_eval's own parser
+    commands = {name: _load(name, spec) for name, spec in COMMANDS.items()}
+    norm = lambda *a: normalize_argv(list(a), commands, _PASSTHROUGH)  # noqa: E731
+    assert norm("audit", "x.jsonl", "--max-off-target", "0.1", "--skip-bad=true", "--lang_field", "a-b") \
+        == ["audit", "x.jsonl", "--max_off_target", "0.1", "--skip_bad", "true", "--lang_field", "a-b"]
+    assert norm("eval", "--model-args", "x") == ["eval", "--model-args", "x"]  # lm_eval's own parser
+    assert norm("info", "M", "--modules") == ["info", "M", "--modules", "true"]
+    assert norm("info", "M", "--modules", "--arch", "{}") == ["info", "M", "--modules", "true", "--arch", "{}"]
+    assert norm("ppl", "--scores", "s", "--languages", "en,de") == ["ppl", "--scores", "s", "--languages", "[en, de]"]
+    assert norm("ppl", "--languages", "[en, de]") == ["ppl", "--languages", "[en, de]"]
+    assert norm("reproduce", "--scoring.languages=en,de,es") == ["reproduce", "--scoring.languages", "[en, de, es]"]
 
 
 def test_atomic_writes_keep_old_file_on_error_and_use_normal_permissions(tmp_path):

@@ -297,7 +297,7 @@ def _build(kind: str, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["wheel", "editable"])
-def test_registration_in_regular_and_editable_installs(kind, tmp_path):
+def test_registration_in_regular_and_editable_installs(kind, tmp_path, tiny_dir, masks, local_data):
     """Install the package into a fresh venv (lm_eval and torch reachable through a path entry) and probe."""
     wheel = _build(kind, tmp_path / "dist")
     names = zipfile.ZipFile(wheel).namelist()
@@ -332,6 +332,20 @@ def test_registration_in_regular_and_editable_installs(kind, tmp_path):
     help_text = subprocess.run([python, "-m", "lahis_ctrl", "--help"], cwd=tmp_path, capture_output=True, text=True,
                                timeout=300, env={**os.environ, **ENV_OFFLINE})
     assert help_text.returncode == 0 and "reproduce" in help_text.stdout, help_text.stderr[-2000:]
+    # the mission's command, verbatim: no --include_path; this project's xquad_de wins over lm-eval's built-in one
+    # (which imports a module transformers 5 removed), and the opt-out brings the built-in one back
+    command = [python, "-m", "lm_eval", "--model", "lahis_hf", "--model_args",
+               f"pretrained={tiny_dir},mask={masks['zero']}", "--tasks", "xquad_de", "--limit", "2", "--device", "cpu",
+               "--gen_kwargs", "max_gen_toks=4"]
+    env = {**os.environ, **ENV_OFFLINE, "LAHIS_DATA_DIR": str(local_data)}
+    env.pop("LAHIS_NO_LM_EVAL_HOOK", None)
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "|xquad_de|" in run.stdout and "contains" in run.stdout and "off_target_rate" in run.stdout
+    plain = [python, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_dir}", *command[7:]]
+    built_in = subprocess.run(plain, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**env, "LAHIS_NO_LM_EVAL_HOOK": "1"})
+    assert built_in.returncode != 0 and "transformers.data.metrics" in built_in.stderr
 
 
 _ENTRY_PROBE = r"""
@@ -353,6 +367,21 @@ print("functions-ok", "vllm-not-imported" if "vllm" not in sys.modules else "vll
 """
 
 
+def test_task_manager_includes_this_projects_tasks_without_include_path(local_data, monkeypatch):
+    """Registered by the .pth hook (or `import lahis_ctrl`): xquad_de and every glob of it resolve to this package's
+    YAMLs; a user's own include_path still comes last (it wins), and include_defaults=False is left alone."""
+    from lm_eval.tasks import TaskManager
+
+    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
+
+    ours = str(tasks_dir())
+    tm = TaskManager()
+    for name in ("xquad_de", "xquad_ar", "xquad", "ntrex_en_de"):
+        assert str(tm.task_index[name].yaml_path).startswith(ours), name
+    assert TaskManager(include_path=["/nonexistent-user-tasks"]).include_path == [ours, "/nonexistent-user-tasks"]
+    assert TaskManager(include_path=ours, include_defaults=False).include_path == ours
+
+
 # ------------------------------------------------------------------------------------------ lahis eval
 def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
     from lahis_ctrl.cli import main
@@ -372,15 +401,19 @@ def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
 
 # ------------------------------------------------------------------------------------------ tasks and data
 def test_task_folder_has_every_task_and_group(task_manager):
+    from lahis_ctrl.corpora.lcb import CROSSLINGUAL_LANGUAGES, MONOLINGUAL_LANGUAGES
     from lahis_ctrl.corpora.xquad import XQUAD_LANGS
 
     names = set(task_manager.all_tasks)
     others = [lang for lang in XQUAD_LANGS if lang != "en"]
     for fam, langs in (("xquad", XQUAD_LANGS), ("xquad_lahis", XQUAD_LANGS), ("xquad_xling", others),
-                       ("ntrex_en", others)):
+                       ("ntrex_en", others), ("lcb_monolingual", MONOLINGUAL_LANGUAGES),
+                       ("lcb_crosslingual", CROSSLINGUAL_LANGUAGES)):
         assert fam in names
         assert {f"{fam}_{lang}" for lang in langs} <= names
-    assert len(names) == 4 + 12 + 12 + 11 + 11  # nothing else: the folder holds no stray task
+    assert "lcb" in names  # the group of the two LCB groups
+    # nothing else: the folder holds no stray task
+    assert len(names) == 4 + 12 + 12 + 11 + 11 + 3 + len(MONOLINGUAL_LANGUAGES) + len(CROSSLINGUAL_LANGUAGES)
 
 
 def test_every_task_and_group_loads(task_manager, tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ from ..core.errors import LahisError
 
 def evaluate(*, lang: str, masks: list[str] = ["none"], model: str = "gemma-3-270m", data: Optional[str] = None,
              split: str = "test", limit: Optional[int] = None, style: str = "paper", max_new_tokens: int = 10,
-             batch_size: int = 8, dtype: str = "float32", out: Path = Path("runs/evaluate")) -> None:
+             batch_size: int = 8, dtype: str = "float32", out: Path = Path("runs/evaluate"), overwrite: bool = False,
+             allow_extreme_scales: bool = False, allow_refold: bool = False) -> None:
     """Evaluate head masks on XQuAD (or the embedded QA sample): accuracy, exact match, F1 per mask.
 
     Args:
@@ -26,28 +27,42 @@ def evaluate(*, lang: str, masks: list[str] = ["none"], model: str = "gemma-3-27
         batch_size: prompts per batch (left padding).
         dtype: float32, bfloat16 or float16.
         out: output folder (examples.jsonl, results.json, results.md); reruns resume.
+        overwrite: replace the generations of another evaluation (other model, items or settings) kept in --out.
+        allow_extreme_scales: accept masks with negative scales or scales above 100.
+        allow_refold: evaluate masks on a checkpoint that already has a mask folded in (the scales multiply).
     """
-    from ..core.loading import load_model, load_tokenizer
-    from ..corpora.xquad import load_qa, select
+    from ..core.architecture import spec_from_config
+    from ..core.export import check_not_folded
+    from ..core.fileio import run_lock
+    from ..core.loading import load_config, load_model, load_tokenizer
+    from ..core.mask import HeadMask
+    from ..corpora.xquad import XQUAD_LANGS, check_lang, load_qa, select
     from ..eval.evaluate import evaluate_masks, parse_mask_args
 
+    check_lang(lang, XQUAD_LANGS)
     mask_paths = parse_mask_args(masks)
+    config = load_config(model)
+    spec = spec_from_config(config, str(model))
+    for name, path in mask_paths.items():  # wrong masks fail before any weights load
+        if path is not None:
+            HeadMask.load(path).check_sane(allow_extreme_scales, f"'{name}' ({path})").validate(spec)
+    if any(p is not None for p in mask_paths.values()):
+        check_not_folded(config, allow_refold, f"model '{model}'")
     rows_all, split_spec = load_qa(lang, data)
     rows = select(rows_all, split, split_spec)
     if limit is not None:
-        if limit < 1:
-            raise LahisError(f"limit must be >= 1, got {limit}")
         rows = rows[:limit]
-    m = load_model(model, dtype=dtype)
-    tok = load_tokenizer(model)
-    report = evaluate_masks(m, tok, lang, mask_paths, rows, style=style, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, out_dir=out, progress=True)
+    with run_lock(out, f"lahis evaluate --out {out}"):
+        m = load_model(model, dtype=dtype)
+        tok = load_tokenizer(model)
+        report = evaluate_masks(m, tok, lang, mask_paths, rows, style=style, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, out_dir=out, progress=True, overwrite=overwrite)
     print(report.table())
     print(f"files: {out}/results.md, {out}/results.json, {out}/examples.jsonl")
 
 
 def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
-        languages: Optional[list[str]] = None, n: Optional[int] = None, k: int = 3, random_trials: int = 20,
+        languages: Optional[list[str]] = None, texts: Optional[int] = None, k: int = 3, random_trials: int = 20,
         max_length: int = 512, batch_size: int = 4, dtype: str = "auto", device_map: Optional[str] = None,
         seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None, out: Path = Path("runs/ppl")) -> None:
     """Perplexity of each language with each language's top-k specific heads zeroed, vs k random heads.
@@ -61,7 +76,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
         model: hub id, local directory, or 'gemma-3-270m'.
         source: texts to evaluate: 'wikipedia', 'embedded' or a local path (see `lahis score --help`).
         languages: languages to evaluate (default: the scored ones).
-        n: texts per language (default: all local texts; 1000 for wikipedia).
+        texts: texts per language (default: all local texts; 1000 for wikipedia).
         k: heads zeroed per language.
         random_trials: draws of k random heads per language (the random baseline is their distribution).
         max_length: tokens per text.
@@ -80,22 +95,33 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
     from ..eval.plots import plot_ppl_cross
     from ..eval.ppl import format_comparisons, format_table, ppl_cross
 
+    from ..core.architecture import spec_from_config
+    from ..core.fileio import run_lock
+    from ..core.loading import load_config
+    from .options import check_max_length
+
     scored = load_scores(scores)
+    config = load_config(model)
+    check_max_length(config, max_length)
+    spec = spec_from_config(config, str(model))
+    for s in scored.values():
+        s.validate(spec)  # scores of another model fail before its weights load
     languages = languages or list(scored)
     for lang in languages:
         check_source(source, lang)
-    m = load_model(model, dtype=dtype, device_map=device_map)
-    tok = load_tokenizer(model)
-    texts = {x: load_texts(source, x, n=n, seed=seed, tokenizer=tok) for x in languages}
-    result = ppl_cross(m, tok, texts, scored, k=k, random_trials=random_trials, seed=seed, q=q, min_rep=min_rep,
-                       max_length=max_length, batch_size=batch_size)
     out = Path(out)
-    write_json(out / "ppl_cross.json", result)
-    md = (f"## corpus perplexity (k={k})\n\n{format_table(result, 'corpus_ppl')}\n\n"
-          f"## mean per-text exp(loss) (the reference's)\n\n{format_table(result, 'mean_text_ppl')}\n\n"
-          f"## paired comparisons (increase of the per-text log-perplexity, nats/token; 95% CI, p)\n\n"
-          f"{format_comparisons(result)}\n")
-    write_text(out / "ppl_cross.md", md)
-    plot_ppl_cross(result, out / "ppl_cross.png")
+    with run_lock(out, f"lahis ppl --out {out}"):
+        m = load_model(model, dtype=dtype, device_map=device_map)
+        tok = load_tokenizer(model)
+        by_lang = {x: load_texts(source, x, n=texts, seed=seed, tokenizer=tok) for x in languages}
+        result = ppl_cross(m, tok, by_lang, scored, k=k, random_trials=random_trials, seed=seed, q=q, min_rep=min_rep,
+                           max_length=max_length, batch_size=batch_size)
+        write_json(out / "ppl_cross.json", result)
+        md = (f"## corpus perplexity (k={k})\n\n{format_table(result, 'corpus_ppl')}\n\n"
+              f"## mean per-text exp(loss) (the reference's)\n\n{format_table(result, 'mean_text_ppl')}\n\n"
+              f"## paired comparisons (increase of the per-text log-perplexity, nats/token; 95% CI, p)\n\n"
+              f"{format_comparisons(result)}\n")
+        write_text(out / "ppl_cross.md", md)
+        plot_ppl_cross(result, out / "ppl_cross.png")
     print(md)
     print(f"wrote {out}/ppl_cross.json, .md, .png")

@@ -17,9 +17,11 @@ def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
         arch: JSON override for architectures lahis_ctrl does not know, e.g.
             '{"o_proj": "model.layers.{layer}.attn.out_proj", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128}'.
     """
-    from ..core.architecture import describe
-    from ..core.loading import load_model
+    from ..core.architecture import check_arch, describe
+    from ..core.export import folded_mask_of
+    from ..core.loading import load_config, load_model
 
+    arch = check_arch(arch, load_config(model))  # a malformed override fails before the model loads
     m = load_model(model, dtype="auto")
     if modules:
         for name, mod in m.named_modules():
@@ -31,39 +33,54 @@ def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
     print(f"KV heads:   {spec.num_kv_heads}{gqa}")
     print(f"head_dim:   {spec.head_dim}")
     print(f"o_proj:     {spec.o_proj_names[0]} ... {spec.o_proj_names[-1]}  ({spec.layout})")
+    folded = folded_mask_of(m.config)
+    if folded:
+        print(f"folded:     a {folded.get('method')} mask for '{folded.get('language')}' is folded into the weights "
+              f"(heads {folded.get('changed_heads')})")
     return None
 
 
 def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,
-           dtype: str = "auto") -> None:
+           dtype: str = "auto", allow_extreme_scales: bool = False, allow_refold: bool = False) -> None:
     """Write a checkpoint with a head mask applied, loadable without lahis_ctrl.
 
     Args:
         model: hub id, local directory, or 'gemma-3-270m'.
         mask: a head mask file (.safetensors or .json) made for this model.
-        out: output directory (written atomically).
+        out: output directory (written atomically; never the model's own folder).
         format: 'folded' (mask multiplied into the output-projection weights) or 'lora' (a PEFT LoRA
             adapter on the output projections that reproduces the mask, for per-request masks in vLLM's
             multi-LoRA serving and for PEFT; apply it to the unmasked model).
         overwrite: replace a non-empty output directory.
         dtype: dtype to load (and save) the model in: auto, float32, bfloat16, float16.
+        allow_extreme_scales: accept negative scales or scales above 100.
+        allow_refold: fold a mask into a checkpoint that already has one folded in (the scales multiply).
     """
+    from ..core.architecture import spec_from_config
+    from ..core.export import check_not_folded, check_out_dir
+    from ..core.fileio import run_lock
+    from ..core.loading import load_config, load_model, load_tokenizer, resolve
     from ..core.mask import HeadMask
 
-    head_mask = HeadMask.load(mask)  # fail on a bad mask before loading a large model
-    if format == "folded":
-        from ..core.export import export_folded
-        from ..core.loading import load_model, load_tokenizer
-
-        m = load_model(model, dtype=dtype)
-        out_dir = export_folded(m, load_tokenizer(model), head_mask, out, overwrite=overwrite)
-    elif format == "lora":
-        from ..core.loading import load_model
-        from ..integrations.vllm.lora import export_lora, read_adapter_config
-
-        m = load_model(model, dtype=dtype)
-        out_dir = export_lora(m, head_mask, out, overwrite=overwrite)
-        print(f"LoRA rank {read_adapter_config(out_dir)['r']}: serve with vLLM's enable_lora=True, max_lora_rank >= it")
-    else:
+    if format not in ("folded", "lora"):
         raise LahisError(f"unknown export format '{format}': use 'folded' or 'lora'")
+    # everything that can be checked without the weights is checked before they load
+    head_mask = HeadMask.load(mask).check_sane(allow_extreme_scales, f"from {mask}")
+    config = load_config(model)
+    head_mask.validate(spec_from_config(config, str(model)))
+    check_not_folded(config, allow_refold, f"model '{model}'")
+    out = Path(out)
+    check_out_dir(out, overwrite, (resolve(model) if Path(resolve(model)).exists() else None, mask))
+    with run_lock(out.parent, f"lahis export --out {out}", name=f".{out.name}.lock"):
+        m = load_model(model, dtype=dtype)
+        if format == "folded":
+            from ..core.export import export_folded
+
+            out_dir = export_folded(m, load_tokenizer(model), head_mask, out, overwrite=overwrite)
+        else:
+            from ..integrations.vllm.lora import export_lora, read_adapter_config
+
+            out_dir = export_lora(m, head_mask, out, overwrite=overwrite)
+            print(f"LoRA rank {read_adapter_config(out_dir)['r']}: serve with vLLM's enable_lora=True, "
+                  "max_lora_rank >= it")
     print(f"wrote {out_dir} ({format}, {len(head_mask.changed_heads())} heads changed)")

@@ -90,7 +90,27 @@ class ArchSpec:
         unknown = set(value) - {"o_proj", "num_heads", "num_kv_heads", "head_dim", "layout"}
         if unknown:
             raise UnknownArchitectureError(f"unknown keys in the architecture override: {sorted(unknown)}.\n{OVERRIDE_HELP}")
-        return cls(**value)
+        spec = cls(**value)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """The override's own consistency: a module path with a '{layer}' placeholder, positive whole counts."""
+        if not isinstance(self.o_proj, str) or not self.o_proj.strip():
+            raise UnknownArchitectureError(f"the override's o_proj must be a module path.\n{OVERRIDE_HELP}")
+        if self.o_proj.count("{layer}") > 1 or re.search(r"\{(?!layer\})", self.o_proj):
+            raise UnknownArchitectureError(
+                f"the override's o_proj '{self.o_proj}' may hold only one placeholder, '{{layer}}', where the layer "
+                f"index goes.\n{OVERRIDE_HELP}")
+        for name in ("num_heads", "num_kv_heads", "head_dim"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UnknownArchitectureError(f"the override's {name} must be a positive whole number, got {v!r}")
+        if self.num_heads and self.num_kv_heads and self.num_heads % self.num_kv_heads:
+            raise UnknownArchitectureError(f"the override's num_heads {self.num_heads} is not a multiple of its "
+                                           f"num_kv_heads {self.num_kv_heads}")
+        if self.layout not in ("linear", "conv1d"):
+            raise UnknownArchitectureError(f"the override's layout must be 'linear' or 'conv1d', got {self.layout!r}")
 
 
 def register_architecture(model_type: str, spec: ArchSpec) -> None:
@@ -131,7 +151,15 @@ def head_counts(config, arch: ArchSpec | None = None) -> tuple[int, int, int, in
     """(num_layers, num_heads, num_kv_heads, head_dim) from a transformers config."""
     tc = text_config(config)
     num_layers = getattr(tc, "num_hidden_layers", None) or getattr(tc, "n_layer", None)
-    num_heads = (arch and arch.num_heads) or getattr(tc, "num_attention_heads", None) or getattr(tc, "n_head", None)
+    config_heads = getattr(tc, "num_attention_heads", None) or getattr(tc, "n_head", None)
+    config_dim = getattr(tc, "head_dim", None)
+    if arch is not None:  # an override may fill in what the config lacks, never contradict it
+        for name, mine, theirs in (("num_heads", arch.num_heads, config_heads), ("head_dim", arch.head_dim, config_dim)):
+            if mine and theirs and int(mine) != int(theirs):
+                raise UnknownArchitectureError(
+                    f"the override's {name}={mine} contradicts the model's config ({theirs}); drop it from the "
+                    "override or fix it")
+    num_heads = (arch and arch.num_heads) or config_heads
     if not num_layers or not num_heads:
         raise UnknownArchitectureError(
             f"cannot read the layer and head counts from the config of model_type "
@@ -170,6 +198,10 @@ def describe(model, arch: ArchSpec | dict | str | None = None) -> ModelSpec:
     modules = dict(model.named_modules())
 
     if arch is not None:
+        if num_layers > 1 and "{layer}" not in arch.o_proj:
+            raise UnknownArchitectureError(
+                f"the override's o_proj '{arch.o_proj}' has no '{{layer}}' placeholder, so all {num_layers} layers "
+                f"would map to the same module: write the layer index as {{layer}}.\n{OVERRIDE_HELP}")
         names = [arch.o_proj.format(layer=i) for i in range(num_layers)]
         missing = [n for n in names if n not in modules]
         if missing:
@@ -232,6 +264,30 @@ def _in_features(mod, layout: str) -> int | None:
     if w.dim() != 2 or w.numel() == 0:
         return None  # quantized or repacked weights: trust the config
     return int(w.shape[1] if layout == "linear" else w.shape[0])
+
+
+def spec_from_config(config, name: str = "", arch: "ArchSpec | dict | str | None" = None) -> ModelSpec:
+    """The facts a mask depends on, from a transformers config alone (no weights): what files and options are
+    checked against before a large model loads (and what vLLM's plugin checks a mask against)."""
+    arch = ArchSpec.coerce(arch)
+    layers, heads, kv_heads, head_dim = head_counts(config, arch)
+    model_type = getattr(text_config(config), "model_type", None) or config.model_type
+    return ModelSpec(model_type=model_type, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                     head_dim=head_dim, name_or_path=name)
+
+
+def check_arch(arch, config) -> "ArchSpec | None":
+    """An override checked against a model's config before any weights load: counts that contradict the config
+    and a module path without '{layer}' on a multi-layer model are refused with the reason."""
+    arch = ArchSpec.coerce(arch)
+    if arch is None:
+        return None
+    layers, _, _, _ = head_counts(config, arch)
+    if layers > 1 and "{layer}" not in arch.o_proj:
+        raise UnknownArchitectureError(
+            f"the override's o_proj '{arch.o_proj}' has no '{{layer}}' placeholder, so all {layers} layers would map "
+            f"to the same module: write the layer index as {{layer}}.\n{OVERRIDE_HELP}")
+    return arch
 
 
 def spec_of(target) -> ModelSpec:

@@ -81,6 +81,24 @@ def _dtype(dtype):
         raise LahisError(f"unknown dtype '{dtype}': use float32, bfloat16, float16 or auto") from None
 
 
+def load_config(name_or_path: str = DEFAULT_MODEL):
+    """The model's transformers config alone (no weights): what masks, scores and options are checked against
+    before a large model loads."""
+    from transformers import AutoConfig
+
+    path = resolve(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:  # OSError (missing), ValueError (unknown model_type), JSON errors...
+        raise LahisError(f"could not read the config of model '{name_or_path}': {_first_line(exc)} "
+                         "(a hub id, a folder with config.json, or 'gemma-3-270m')") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device_map=None, attn_implementation: str | None = None,
                **kwargs):
     """Load a causal LM for inference (eval mode) from a hub id, a local directory or an embedded name."""
@@ -92,8 +110,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device_map=None,
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype), device_map=device_map,
                                                      attn_implementation=attn_implementation, **kwargs)
-    except OSError as exc:
-        raise LahisError(f"could not load model '{name_or_path}': {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing files, unknown model types, bad configs
+        raise LahisError(f"could not load model '{name_or_path}': {_first_line(exc)}") from exc
     if str(name_or_path) in EMBEDDED_MODELS:
         model.name_or_path = str(name_or_path)
         model.config._name_or_path = str(name_or_path)
@@ -104,6 +122,10 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, **kwargs):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve(name_or_path), **kwargs)
-    except OSError as exc:
-        raise LahisError(f"could not load the tokenizer of '{name_or_path}': {exc}") from exc
+        tok = AutoTokenizer.from_pretrained(resolve(name_or_path), **kwargs)
+    except Exception as exc:  # no tokenizer files (transformers raises OSError, ValueError or TypeError for that)
+        raise LahisError(f"could not load the tokenizer of '{name_or_path}': {_first_line(exc)} "
+                         "(the model folder needs its tokenizer files)") from exc
+    if isinstance(tok, bool) or not callable(tok):
+        raise LahisError(f"could not load the tokenizer of '{name_or_path}': the folder has no tokenizer files")
+    return tok

@@ -21,6 +21,7 @@ from .fileio import read_json, write_json
 from .architecture import ModelSpec, describe, spec_of
 
 FORMAT = "lahis-head-mask/1"
+MAX_SANE_SCALE = 100.0  # beyond this, a scale is refused at the boundaries (CLI, lm-eval, vLLM) unless allowed
 _FACTS = ("model_name", "model_type", "num_layers", "num_heads", "num_kv_heads", "head_dim", "language", "method")
 
 
@@ -123,6 +124,22 @@ class HeadMask:
         return self.with_values(self.values * other.values, method=f"{self.method}*{other.method}")
 
     # ---------------------------------------------------------------- checks
+    def check_sane(self, allow_extreme: bool = False, source: str = "") -> "HeadMask":
+        """Refuse negative scales and scales above MAX_SANE_SCALE (sign flips and blow-ups are almost always a
+        wrong file or a units mistake) unless `allow_extreme`."""
+        if allow_extreme:
+            return self
+        low, high = float(self.values.min()), float(self.values.max())
+        if low < 0 or high > MAX_SANE_SCALE:
+            (layer, head) = divmod(int((self.values < 0).float().argmax() if low < 0 else self.values.argmax()),
+                                   self.num_heads)
+            raise MaskMismatchError(
+                f"the head mask{(' ' + source) if source else ''} scales L{layer}H{head} by "
+                f"{float(self.values[layer, head]):g}: scales must lie in [0, {MAX_SANE_SCALE:g}] (0 silences a head, "
+                "1 leaves it, 3 amplifies it); if that scale is intended, pass allow_extreme "
+                "(--allow_extreme_scales true, or allow_extreme=true in lm-eval model_args)")
+        return self
+
     def check_finite(self) -> None:
         bad = ~torch.isfinite(self.values)
         if bad.any():

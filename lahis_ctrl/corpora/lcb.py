@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..core.errors import LahisError
+from ..core.fileio import read_text
 
 __all__ = [
     "CROSSLINGUAL_LANGUAGES", "CROSSLINGUAL_SOURCES", "LCB_COMMIT", "LCB_LANGUAGES", "LCB_TASKS", "LCB_URL",
@@ -133,7 +134,7 @@ def _read_text(rel: str, data_dir: str | os.PathLike | None) -> str:
     if not path.is_file():
         raise LahisError(f"LCB file not found: {path} (data_dir must hold the benchmark's test_sets/ and "
                          "few_shot_prompting.py)")
-    return path.read_text(encoding="utf-8")
+    return read_text(path, "LCB file")
 
 
 def _as_list(value, name: str) -> list[str] | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.errors import LahisError
+from ..core.fileio import read_text
 
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKIPEDIA_DATE = "20231101"
@@ -78,7 +79,7 @@ def _split_passages(raw: str) -> list[str]:
 
 def _read_jsonl(path: Path, field: str = "text") -> list[str]:
     texts = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_text(path, "corpus file").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -193,9 +194,9 @@ def load_texts(source: str, lang: str, n: Optional[int] = None, seed: Optional[i
         if path.suffix == ".jsonl":
             texts = _read_jsonl(path, text_field)
         elif Path(src.replace("{lang}", lang)).expanduser().is_dir():
-            texts = join_lines(path.read_text(encoding="utf-8").splitlines(), passage_tokens, tokenizer)
+            texts = join_lines(read_text(path, "corpus file").splitlines(), passage_tokens, tokenizer)
         else:
-            texts = _split_passages(path.read_text(encoding="utf-8"))
+            texts = _split_passages(read_text(path, "corpus file"))
     texts = [t for t in texts if len(t) >= min_chars]
     texts = _take(texts, n, seed)
     if not texts:
@@ -233,7 +234,7 @@ def ntrex_lines(lang: str, data_dir: str | os.PathLike | None = None) -> list[st
         for path in (base / "ntrex128" / f"{lang}.txt", base / f"{lang}.txt",
                      base / f"newstest2019-ref.{NTREX_CODES[lang]}.txt"):
             if path.is_file():
-                return path.read_text(encoding="utf-8").splitlines()
+                return read_text(path, "NTREX-128 file").splitlines()
         raise LahisError(f"no NTREX-128 file for '{lang}' in {base}: expected ntrex128/{lang}.txt, {lang}.txt "
                          f"or newstest2019-ref.{NTREX_CODES[lang]}.txt (one sentence a line)")
     try:

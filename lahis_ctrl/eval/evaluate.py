@@ -104,7 +104,7 @@ def _mask_digest(mask) -> str:
 
 def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: Sequence[dict], style: str = "paper",
                    max_new_tokens: int = 10, batch_size: int = 8, out_dir: str | os.PathLike | None = None,
-                   progress: bool = False) -> EvalReport:
+                   progress: bool = False, overwrite: bool = False) -> EvalReport:
     """Generate answers for `rows` under each mask and score them.
 
     Args:
@@ -118,6 +118,8 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
         out_dir: where examples.jsonl / results.json / results.md go (and per-mask partial generations,
             so an interrupted run resumes); None keeps everything in memory.
         progress: tqdm progress bars.
+        overwrite: replace generations kept in out_dir by an evaluation with other settings (without it, they are
+            refused: they belong to another run).
     """
     from tqdm.auto import tqdm
 
@@ -144,9 +146,9 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     summary: dict[str, dict[str, float]] = {}
     for name, mask in resolved.items():
         fp = fingerprint({**settings, "mask": _mask_digest(mask), "ids": [str(r.get("id")) for r in rows]})
-        # generations are kept per mask and batch; made with other settings, they are generated again
+        # generations are kept per mask and batch; those of another run's settings are refused unless overwrite
         ckpt = Checkpoint(out / "generations" / f"{_safe(name)}.json", fp, "evaluation checkpoint",
-                          replace=True) if out is not None else None
+                          replace=overwrite) if out is not None else None
         found = ckpt.load() if ckpt is not None else None
         generations = [d["generation"] for d in found[1]["generations"]] if found else []
         bar = tqdm(total=len(rows), initial=len(generations), desc=f"evaluate {name}", unit="item",

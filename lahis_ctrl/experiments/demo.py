@@ -94,6 +94,7 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
         skip_sample: skip the with/without-mask generation sample.
     """
     from ..core.architecture import describe
+    from ..core.fileio import run_lock
     from ..core.loading import load_model, load_tokenizer
     from ..corpora.xquad import XQUAD_LANGS, check_lang, load_qa, reference_split
     from ..lahis.softmask import default_n
@@ -112,51 +113,52 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
-    t = _step("loading the model")
-    m = load_model(model, dtype="float32")
-    tok = load_tokenizer(model)
-    spec = describe(m)
-    print(f"{spec.name_or_path}: {spec.num_layers} layers x {spec.num_heads} heads "
-          f"({spec.num_kv_heads} KV heads), head_dim {spec.head_dim}")
-    _done(t)
-
-    if not skip_sample:
-        t = _step("1. generation with and without a head mask")
-        generation_sample(m, tok, out, max_new_tokens=max_new_tokens, heads=heads)
+    with run_lock(out, f"lahis demo --out {out}"):
+        t = _step("loading the model")
+        m = load_model(model, dtype="float32")
+        tok = load_tokenizer(model)
+        spec = describe(m)
+        print(f"{spec.name_or_path}: {spec.num_layers} layers x {spec.num_heads} heads "
+              f"({spec.num_kv_heads} KV heads), head_dim {spec.head_dim}")
         _done(t)
 
-    t = _step(f"2. LAHIS scores of {', '.join(languages)} on the embedded passages (fast mode)")
-    from ..lahis.scoring import score_languages
+        if not skip_sample:
+            t = _step("1. generation with and without a head mask")
+            generation_sample(m, tok, out, max_new_tokens=max_new_tokens, heads=heads)
+            _done(t)
 
-    scores = score_languages(m, tok, languages, source="embedded", n=texts, mode="fast", max_length=max_length,
-                             out_dir=out / "scores", progress=True)
-    _report_heads(scores, out)
-    _done(t, f"scores in {out / 'scores'}")
+        t = _step(f"2. LAHIS scores of {', '.join(languages)} on the embedded passages (fast mode)")
+        from ..lahis.scoring import score_languages
 
-    n = default_n(spec)
-    t = _step(f"3-4. soft head masks 'lahis' and 'random' for {lang}: {n} trainable head(s), {len(train)} items x "
-              f"{epochs} epochs; evaluation on {len(test)} held-out questions (greedy, 10 new tokens)")
+        scores = score_languages(m, tok, languages, source="embedded", n=texts, mode="fast", max_length=max_length,
+                                 out_dir=out / "scores", progress=True)
+        _report_heads(scores, out)
+        _done(t, f"scores in {out / 'scores'}")
 
-    def show(kind, mask, path, trained_now):
-        if not trained_now:
-            print(f"   already trained: {path}")
-        print("   " + ", ".join(f"L{l}H{h}: {mask.values[l, h]:.4f}" for l, h in mask.extra["trainable_heads"])
-              + f"  -> {path}")
+        n = default_n(spec)
+        t = _step(f"3-4. soft head masks 'lahis' and 'random' for {lang}: {n} trainable head(s), {len(train)} items x "
+                  f"{epochs} epochs; evaluation on {len(test)} held-out questions (greedy, 10 new tokens)")
 
-    report, _ = compare_soft_masks(m, tok, lang, scores[lang], train, test, n, out / "masks", out / "eval",
-                                   epochs=epochs, seed=seed, max_new_tokens=10, batch_size=8,
-                                   extra={"data": "embedded QA sample" if data is None else str(data)}, on_mask=show)
-    _done(t)
-    print()
-    print(report.table())
-    if len(test) < 100:
-        print(f"({len(test)} questions: differences of a few points are noise; run with --data DIR for real XQuAD)")
-    print(f"\nfiles under {out}:")
-    for p in ("demo_mask.safetensors", "sample.json", "scores/", "heads.json", "plots/", "masks/", "eval/results.md",
-              "eval/examples.jsonl"):
-        if (out / p.rstrip("/")).exists():
-            print(f"  {out / p}")
-    print(f"total {time.perf_counter() - t_all:.0f} s")
+        def show(kind, mask, path, trained_now):
+            if not trained_now:
+                print(f"   already trained: {path}")
+            print("   " + ", ".join(f"L{l}H{h}: {mask.values[l, h]:.4f}" for l, h in mask.extra["trainable_heads"])
+                  + f"  -> {path}")
+
+        report, _ = compare_soft_masks(m, tok, lang, scores[lang], train, test, n, out / "masks", out / "eval",
+                                       epochs=epochs, seed=seed, max_new_tokens=10, batch_size=8,
+                                       extra={"data": "embedded QA sample" if data is None else str(data)}, on_mask=show)
+        _done(t)
+        print()
+        print(report.table())
+        if len(test) < 100:
+            print(f"({len(test)} questions: differences of a few points are noise; run with --data DIR for real XQuAD)")
+        print(f"\nfiles under {out}:")
+        for p in ("demo_mask.safetensors", "sample.json", "scores/", "heads.json", "plots/", "masks/", "eval/results.md",
+                  "eval/examples.jsonl"):
+            if (out / p.rstrip("/")).exists():
+                print(f"  {out / p}")
+        print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
 def _report_heads(scores: dict, out: Path) -> None:

@@ -56,7 +56,7 @@ def compare_soft_masks(model, tokenizer, lang: str, scores, train: Sequence[dict
             on_mask(name, masks[name], Path(masks_dir) / f"{lang}-{name}.safetensors", trained)
     order = {"original": None, **{name: masks[name] for name in random_mask_names(random_masks)}, "lahis": masks["lahis"]}
     report = evaluate_masks(model, tokenizer, lang, order, test, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            out_dir=eval_dir, progress=progress)
+                            out_dir=eval_dir, progress=progress, overwrite=True)  # the caller's cache decides reruns
     return report, masks
 
 

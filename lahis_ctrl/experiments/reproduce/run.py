@@ -136,7 +136,7 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     """
     import lahis_ctrl
 
-    from ...core.fileio import write_json, write_text
+    from ...core.fileio import run_lock, write_json
 
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -156,6 +156,14 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     source = str(Path(data) / "ntrex128") if scoring.source == "ntrex" and data else scoring.source
     for lang in scoring.languages:  # bad languages / missing files fail before the model is loaded
         check_source(source, lang)
+    from ...core.architecture import text_config
+    from ...core.loading import load_config
+
+    positions = getattr(text_config(load_config(model)), "max_position_embeddings", None)
+    for name, value in (("scoring.max_length", scoring.max_length), ("ppl.max_length", ppl.max_length)):
+        if positions and value > positions:
+            raise LahisError(f"--{name} {value} is longer than the model's {positions} positions; use at most "
+                             f"{positions}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": model, "data": data, "out": str(out), "dtype": dtype, "device_map": device_map,
@@ -164,46 +172,47 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
               "xquad": dataclasses.asdict(xquad), "off_target": dataclasses.asdict(off_target),
               "transfer": dataclasses.asdict(transfer), "lcb": dataclasses.asdict(lcb),
               "control": dataclasses.asdict(control)}
-    run = _Run(model, dtype, device_map, device, out, force=force)
-    t_all = time.perf_counter()
-    main, scores = _run_steps(run, steps, scoring, ppl, xquad, off_target, transfer, lcb, data, source, seed)
-    results = {"version": lahis_ctrl.__version__, "config": config, **main}
-    results["findings"] = findings(main, alpha)
-    if control.enabled:
-        f = control.scale
-        ctl = _Run(model, dtype, device_map, device, out, force=force, work=out / "work" / "control",
-                   random_init=control.seed)
-        print(f"\n== random-weight control: {ctl.model_name}, {f:g} of the sizes")
-        ctl_results, _ = _run_steps(
-            ctl, steps, scaled(scoring, f, {"texts": 4}), scaled(ppl, f, {"texts": 4, "random_trials": 5}),
-            scaled(xquad, f, {"train_items": 8, "test_items": 16}), scaled(off_target, f, {"limit": 8}),
-            scaled(transfer, f, {"items": 12}), scaled(lcb, f, {"limit": 4}), data, source, seed)
-        ctl_found = findings(ctl_results, alpha)
-        attach_control(results["findings"], ctl_found)
-        write_json(out / "control_results.json", {"model": ctl.model_name, **ctl_results, "findings": ctl_found})
-        results["control"] = {"model": ctl.model_name, "seed": control.seed, "scale": f, "findings": ctl_found,
-                              "results": "control_results.json"}
-        run.log += ctl.log
-    _header("report")
-    results["steps"] = run.log
-    plots_made = _plots(results, out, scores)
-    results["plots"] = plots_made
-    _write_report(out, results, config)
-    if readme is not None:
-        readme = Path(readme)
-        dest = publish(out, readme, Path(model).name)
-        base = readme.parent.resolve()
-        _write_report(dest, portable(results, base), portable(config, base))  # no path of this machine
-        rel = lambda p: str(p.resolve().relative_to(base))  # noqa: E731
-        plot = rel(dest / plots_made["findings"]) if "findings" in plots_made else None
-        update_readme(readme, readme_section(results, rel(dest / "report.md"), plot))
-        print(f"   README section written to {readme}; report copied to {dest}")
-    for f in results["findings"]:
-        print(f"   {verdict_text(f)}: {f['claim']} - {effect_text(f)}")
-    ran = sum(1 for s in run.log if not s["skipped"])
-    print(f"\nreport: {out / 'report.md'}  ({ran} step(s) ran, {len(run.log) - ran} skipped; "
-          f"{time.perf_counter() - t_all:.0f} s)")
-    return results
+    with run_lock(out, f"lahis reproduce --out {out}"):  # a second run on this folder refuses at once
+        run = _Run(model, dtype, device_map, device, out, force=force)
+        t_all = time.perf_counter()
+        main, scores = _run_steps(run, steps, scoring, ppl, xquad, off_target, transfer, lcb, data, source, seed)
+        results = {"version": lahis_ctrl.__version__, "config": config, **main}
+        results["findings"] = findings(main, alpha)
+        if control.enabled:
+            f = control.scale
+            ctl = _Run(model, dtype, device_map, device, out, force=force, work=out / "work" / "control",
+                       random_init=control.seed)
+            print(f"\n== random-weight control: {ctl.model_name}, {f:g} of the sizes")
+            ctl_results, _ = _run_steps(
+                ctl, steps, scaled(scoring, f, {"texts": 4}), scaled(ppl, f, {"texts": 4, "random_trials": 5}),
+                scaled(xquad, f, {"train_items": 8, "test_items": 16}), scaled(off_target, f, {"limit": 8}),
+                scaled(transfer, f, {"items": 12}), scaled(lcb, f, {"limit": 4}), data, source, seed)
+            ctl_found = findings(ctl_results, alpha)
+            attach_control(results["findings"], ctl_found)
+            write_json(out / "control_results.json", {"model": ctl.model_name, **ctl_results, "findings": ctl_found})
+            results["control"] = {"model": ctl.model_name, "seed": control.seed, "scale": f, "findings": ctl_found,
+                                  "results": "control_results.json"}
+            run.log += ctl.log
+        _header("report")
+        results["steps"] = run.log
+        plots_made = _plots(results, out, scores)
+        results["plots"] = plots_made
+        _write_report(out, results, config)
+        if readme is not None:
+            readme = Path(readme)
+            dest = publish(out, readme, Path(model).name)
+            base = readme.parent.resolve()
+            _write_report(dest, portable(results, base), portable(config, base))  # no path of this machine
+            rel = lambda p: str(p.resolve().relative_to(base))  # noqa: E731
+            plot = rel(dest / plots_made["findings"]) if "findings" in plots_made else None
+            update_readme(readme, readme_section(results, rel(dest / "report.md"), plot))
+            print(f"   README section written to {readme}; report copied to {dest}")
+        for f in results["findings"]:
+            print(f"   {verdict_text(f)}: {f['claim']} - {effect_text(f)}")
+        ran = sum(1 for s in run.log if not s["skipped"])
+        print(f"\nreport: {out / 'report.md'}  ({ran} step(s) ran, {len(run.log) - ran} skipped; "
+              f"{time.perf_counter() - t_all:.0f} s)")
+        return results
 
 
 def _write_report(folder: Path, results: dict, config: dict) -> None:

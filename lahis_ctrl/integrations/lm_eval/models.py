@@ -13,6 +13,8 @@ model_args, on top of every HFLM argument:
                     or the output of `lahis heads --out` (pick the language with heads_lang=<lang>, or
                     heads_lang=general). Combined with mask= by multiplication.
   * pretrained=gemma-3-270m   the embedded default model (its cached safetensors copy) is accepted too.
+  * allow_extreme=true        accept negative scales or scales above 100 (refused otherwise: a wrong file);
+  * allow_refold=true         mask a checkpoint that already has a mask folded in (`lahis export`).
 
 A mask made for another model stops the run with HeadMask.validate's message (one line under the lm_eval
 CLI, a MaskMismatchError from simple_evaluate). The names are registered with lm-eval without importing
@@ -120,8 +122,9 @@ class LahisHFLM(HFLM):
     """HFLM plus a HeadMask (`mask=`) and/or scaled heads (`heads=`, `scale=`), folded or hooked."""
 
     def __init__(self, pretrained, mask=None, fold=None, heads=None, scale: float = 3.0,
-                 heads_lang: str | None = None, **kwargs: Any) -> None:
+                 heads_lang: str | None = None, allow_extreme=False, allow_refold=False, **kwargs: Any) -> None:
         try:
+            self._allow = (_bool(allow_extreme, "allow_extreme") or False, _bool(allow_refold, "allow_refold") or False)
             self._lahis_setup(pretrained, mask, fold, heads, scale, heads_lang, kwargs)
         except LahisError as exc:
             if _under_lm_eval_cli():  # one line instead of lm_eval's traceback
@@ -138,8 +141,10 @@ class LahisHFLM(HFLM):
             scale = float(scale)
         except (TypeError, ValueError):
             raise LahisError(f"scale={scale!r} is not a number") from None
-        # read the mask file before the (slow) model load, so a wrong path fails at once
+        # read the mask file before the (slow) model load, so a wrong path or an absurd scale fails at once
         loaded = HeadMask.load(mask) if isinstance(mask, (str, os.PathLike)) else mask
+        if loaded is not None:
+            loaded.check_sane(self._allow[0], f"mask={mask}")
         if isinstance(pretrained, str) and pretrained in EMBEDDED_MODELS:
             pretrained = resolve(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
@@ -150,6 +155,10 @@ class LahisHFLM(HFLM):
         self._mask_source = str(mask) if isinstance(mask, (str, os.PathLike)) else None
         model = self.model  # unwrapped from accelerate
         combined = None
+        if loaded is not None or pairs:
+            from ...core.export import check_not_folded
+
+            check_not_folded(model.config, self._allow[1], f"pretrained={pretrained}")
         if loaded is not None:
             from ...core.mask import as_mask
 

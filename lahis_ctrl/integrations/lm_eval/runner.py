@@ -87,5 +87,20 @@ def run_lm_eval(argv: list[str]) -> None:
     try:
         cli = HarnessCLI()
         cli.execute(cli.parse_args())
+    except ValueError as exc:
+        if str(exc).startswith("Tasks not found"):  # lm-eval's own check, before any model loads
+            raise LahisError(f"{exc}. {_task_hint(str(exc).split(':', 1)[1])}") from None
+        raise
     finally:
         sys.argv = saved
+
+
+def _task_hint(missing: str) -> str:
+    """The closest task names of this package's folder, for an unknown task."""
+    import difflib
+
+    names = sorted({p.stem for p in tasks_dir().rglob("*.yaml")})
+    close = [m for name in missing.replace(",", " ").split() for m in difflib.get_close_matches(name, names, n=3)]
+    return (f"Did you mean {', '.join(dict.fromkeys(close))}? " if close else "") + \
+        "This package's tasks: xquad_<lang>, xquad_lahis_<lang>, xquad_xling_<lang>, ntrex_en_<lang>, " \
+        "lcb_monolingual_<lang>, lcb_crosslingual_<lang> (see lahis_ctrl/integrations/lm_eval/tasks/README.md)"

@@ -52,7 +52,20 @@ VLLM = _import_lm_eval_vllm()
 class LahisVLLM(VLLM):
     """lm-eval's VLLM plus `mask=PATH` (a HeadMask .safetensors/.json made for `pretrained`)."""
 
-    def __init__(self, pretrained: str, mask: str | os.PathLike | None = None, **kwargs):
+    def __init__(self, pretrained: str, mask: str | os.PathLike | None = None, allow_extreme=False,
+                 allow_refold=False, **kwargs):
+        try:
+            self._lahis_init(pretrained, mask, allow_extreme, allow_refold, kwargs)
+        except LahisError as exc:
+            from ..lm_eval.models import _under_lm_eval_cli
+
+            if _under_lm_eval_cli():  # one line instead of lm_eval's traceback
+                raise SystemExit(f"lahis_vllm: error: {' '.join(str(exc).split())}") from None
+            raise
+
+    def _lahis_init(self, pretrained, mask, allow_extreme, allow_refold, kwargs) -> None:
+        from .plugin import ALLOW_EXTREME_KEY, ALLOW_REFOLD_KEY
+
         self.head_mask = None
         if mask:
             path = Path(str(mask)).expanduser().resolve()
@@ -66,7 +79,8 @@ class LahisVLLM(VLLM):
                     additional = json.loads(additional)
                 except json.JSONDecodeError as exc:
                     raise LahisError(f"additional_config is not valid JSON: {exc}") from exc
-            kwargs["additional_config"] = {**additional, CONFIG_KEY: str(path)}
+            kwargs["additional_config"] = {**additional, CONFIG_KEY: str(path), ALLOW_EXTREME_KEY: str(allow_extreme),
+                                           ALLOW_REFOLD_KEY: str(allow_refold)}
         super().__init__(pretrained, **kwargs)
         if self.head_mask is not None and not self.head_mask.is_identity and getattr(self, "model", None) is not None:
             self._check_folded()

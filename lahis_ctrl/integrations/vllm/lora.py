@@ -27,6 +27,7 @@ from ...core.errors import LahisError
 from ...core.fileio import write_json
 from ...core import head_layout
 from ...core.architecture import describe, output_projections
+from ...core.export import check_out_dir
 from ...core.mask import as_mask
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ def export_lora(model, mask, out_dir: str | os.PathLike, overwrite: bool = False
     if mask.is_identity:
         raise LahisError("the mask changes no head (all ones): there is nothing to export as an adapter")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise LahisError(f"{out_dir} exists and is not empty; pass --overwrite true or choose another --out")
+    check_out_dir(out_dir, overwrite, (spec.name_or_path,))
     per_layer = (mask.values != 1).sum(dim=1)  # [num_layers]: changed heads per layer
     needed = int(per_layer.max()) * spec.head_dim
     r = lora_rank(needed, ranks)

@@ -84,26 +84,51 @@ def configured_mask_path(additional_config=None) -> tuple[str | None, str]:
 
 def config_spec(hf_config, name: str = ""):
     """A ModelSpec from a transformers config alone (no weights): what a mask file is checked against."""
-    from ...core.architecture import ArchSpec, ModelSpec, head_counts, text_config
+    from ...core.architecture import spec_from_config
 
-    arch = ArchSpec.coerce(os.environ.get(ARCH_ENV) or None)
-    layers, heads, kv_heads, head_dim = head_counts(hf_config, arch)
-    model_type = getattr(text_config(hf_config), "model_type", None) or hf_config.model_type
-    return ModelSpec(model_type=model_type, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
-                     head_dim=head_dim, name_or_path=name)
+    return spec_from_config(hf_config, name, os.environ.get(ARCH_ENV) or None)
 
 
-def load_checked_mask(path: str, source: str, hf_config, name: str = ""):
-    """Load a mask file and check it belongs to this model; None for an all-ones mask (nothing to fold)."""
+ALLOW_EXTREME_KEY = "lahis_allow_extreme_scales"  # additional_config keys: serve what the checks would refuse
+ALLOW_REFOLD_KEY = "lahis_allow_refold"
+
+
+def _allowed(additional_config, key: str) -> bool:
+    value = additional_config.get(key) if isinstance(additional_config, dict) else None
+    return str(value).strip().lower() in ("1", "true", "yes") if value is not None else False
+
+
+def load_checked_mask(path: str, source: str, hf_config, name: str = "", additional_config=None):
+    """Load a mask file and check it belongs to this model; None for an all-ones mask (nothing to fold).
+
+    Refused, each with the reason: a mask of another model; negative or absurd scales (unless
+    additional_config[ALLOW_EXTREME_KEY]); a checkpoint that already has a mask folded in (unless
+    additional_config[ALLOW_REFOLD_KEY]); a .safetensors mask inside the model's folder, which vLLM would read as
+    a weight file."""
     from ...core.errors import LahisError
+    from ...core.export import check_not_folded
     from ...core.mask import HeadMask
 
     try:
+        p = Path(path)
+        if name and p.suffix == ".safetensors" and Path(name).is_dir() \
+                and Path(name).resolve() in (p.resolve().parent, *p.resolve().parents):
+            raise LahisError(f"the mask lies inside the model folder {name}, where vLLM loads every *.safetensors "
+                             "file as weights: move it out of the folder (or save it as .json)")
         mask = HeadMask.load(path)
+        mask.check_sane(_allowed(additional_config, ALLOW_EXTREME_KEY))
         mask.validate(config_spec(hf_config, name))
+        check_not_folded(hf_config, _allowed(additional_config, ALLOW_REFOLD_KEY), name or "this model")
     except LahisError as exc:
         raise type(exc)(f"head mask from {source} ({path}) cannot be served with {name or 'this model'}: {exc}") from exc
     return None if mask.is_identity else mask
+
+
+def _under_vllm_cli() -> bool:
+    """True inside vLLM's own command line (`vllm serve`, `python -m vllm.entrypoints...`), not a library call."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return Path(sys.argv[0] if sys.argv else "").name == "vllm" or \
+        str(getattr(main_spec, "name", "")).startswith("vllm.entrypoints")
 
 
 _LOCATORS: dict[str, tuple[str, str]] = {}
@@ -250,7 +275,9 @@ def _wrap_load_model(original):
         if _STATE.loading or model_config is not getattr(vllm_config, "model_config", None):
             return original(self, vllm_config, model_config, *args, **kwargs)  # nested call or a draft model
         path, source = configured_mask_path(getattr(vllm_config, "additional_config", None))
-        mask = load_checked_mask(path, source, model_config.hf_config, str(model_config.model)) if path else None
+        additional = getattr(vllm_config, "additional_config", None)
+        mask = load_checked_mask(path, source, model_config.hf_config, str(model_config.model), additional) \
+            if path else None
         _prepare(mask, source, model_config)
         if mask is not None:
             log.info("lahis_ctrl: folding the head mask from %s (%s, %d heads changed) into the output projections",
@@ -272,12 +299,20 @@ def _wrap_create_engine_config(original):
     def create_engine_config(self, *args, **kwargs):
         config = original(self, *args, **kwargs)
         additional = getattr(config, "additional_config", None)
-        path, source = configured_mask_path(additional)
-        if path:
-            mc = config.model_config
-            load_checked_mask(path, source, mc.hf_config, str(mc.model))  # raises with the reason
-            if isinstance(additional, dict) and additional.get(CONFIG_KEY):
-                additional[CONFIG_KEY] = str(Path(path).resolve())  # worker processes may run elsewhere
+        from ...core.errors import LahisError
+
+        try:
+            path, source = configured_mask_path(additional)
+            if path:
+                mc = config.model_config
+                load_checked_mask(path, source, mc.hf_config, str(mc.model), additional)  # raises with the reason
+                if isinstance(additional, dict) and additional.get(CONFIG_KEY):
+                    additional[CONFIG_KEY] = str(Path(path).resolve())  # worker processes may run elsewhere
+        except LahisError as exc:
+            if _under_vllm_cli():  # one line, before any engine process starts, instead of a traceback
+                print(f"lahis_ctrl: error: {' '.join(str(exc).split())}", file=sys.stderr)
+                raise SystemExit(2) from None
+            raise
         return config
 
     setattr(create_engine_config, _WRAPPED, True)

@@ -37,23 +37,7 @@ WORLD = 2
 
 
 # ---------------------------------------------------------------------------- 2-rank jobs (run in the children)
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(model, calls: int) -> None:
-    """Make the decoder raise on its `calls`+1-th forward: a crash in the middle of the run."""
-    decoder = model.get_decoder()
-    original = decoder.forward
-    count = {"n": 0}
-
-    def forward(*a, **kw):
-        count["n"] += 1
-        if count["n"] > calls:
-            raise Interrupt(f"test crash after {calls} batches")
-        return original(*a, **kw)
-
-    decoder.forward = forward
+from tiny import Interrupt, interrupt_after as _interrupt_after  # noqa: E402
 
 
 def _load(model_dir):

@@ -212,24 +212,7 @@ def test_chunked_loss_check_catches_unknown_logit_transforms(tok):
 # ---------------------------------------------------------------------------- resumption
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(model, calls: int):
-    """Make the decoder raise on its `calls`+1-th forward (a crash or Ctrl-C mid-run)."""
-    decoder = model.get_decoder()
-    original = decoder.forward
-    count = {"n": 0}
-
-    def forward(*a, **kw):
-        count["n"] += 1
-        if count["n"] > calls:
-            raise Interrupt()
-        return original(*a, **kw)
-
-    decoder.forward = forward
-    return lambda: setattr(decoder, "forward", original)
+from tiny import Interrupt, interrupt_after as _interrupt_after  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", ["faithful", "fast"])
@@ -536,6 +519,17 @@ def test_score_languages_helper_saves_and_reuses(tok, tmp_path):
     assert torch.equal(again["en"].scores, res["en"].scores)
     with pytest.raises(LahisError, match="other settings"):  # never silently reuse scores of other settings
         score_languages(model, tok, ["en"], n=3, max_length=16, out_dir=tmp_path, progress=False)
+    # --overwrite that crashes half-way leaves the finished file of the earlier run as it was
+    before = (tmp_path / "en.safetensors").read_bytes()
+    restore = _interrupt_after(model, 0)
+    with pytest.raises(Interrupt):
+        score_languages(model, tok, ["en"], n=3, max_length=16, out_dir=tmp_path, progress=False, overwrite=True,
+                        check_loss=False)
+    restore()
+    assert (tmp_path / "en.safetensors").read_bytes() == before
+    redone = score_languages(model, tok, ["en"], n=3, max_length=16, out_dir=tmp_path, progress=False,
+                             overwrite=True)
+    assert redone["en"].num_texts == 3 and HeadScores.load(tmp_path / "en.safetensors").num_texts == 3
 
 
 def test_gradient_checkpointing_gives_the_same_scores(tok):

@@ -92,3 +92,24 @@ def save_tiny(path: str | Path, arch: str = "llama", seed: int = 0) -> Path:
     tiny_model(arch, seed).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+class Interrupt(Exception):
+    """The crash `interrupt_after` simulates."""
+
+
+def interrupt_after(model, calls: int, message: str = ""):
+    """Make the decoder raise Interrupt on its `calls`+1-th forward: a crash or Ctrl-C in the middle of a run.
+    Returns a function that puts the decoder's own forward back."""
+    decoder = model.get_decoder()
+    original = decoder.forward
+    count = {"n": 0}
+
+    def forward(*a, **kw):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise Interrupt(message or f"test crash after {calls} forward passes")
+        return original(*a, **kw)
+
+    decoder.forward = forward
+    return lambda: setattr(decoder, "forward", original)

@@ -414,7 +414,7 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
 
     With `out_dir`, each language is saved as <out_dir>/<lang>.safetensors (checkpointed while it runs)
     and a language whose file already exists for the same model and mode is loaded instead of rescored
-    (`overwrite=True`: its file and checkpoints are deleted and it is rescored).
+    (`overwrite=True`: it is rescored; its old file is replaced only when the new scores are written).
 
     Under torch.distributed with several ranks (every rank calls this with the same arguments; each returns
     the same dict):
@@ -467,10 +467,12 @@ def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, 
 
         def prepare(lang=lang, path=path, ckpt=ckpt):
             if overwrite and path is not None and ctx.is_main:
-                for p in [path, ckpt, *dist.rank_checkpoints(ckpt)]:
+                # partial progress of an earlier run goes; its finished score file stays until the new one
+                # replaces it (atomically, once this run has finished the language)
+                for p in [ckpt, *dist.rank_checkpoints(ckpt)]:
                     p.unlink(missing_ok=True)
             texts = load_texts(source, lang, n=n, seed=seed, tokenizer=tokenizer)
-            if path is None or not ctx.is_main or not path.is_file():
+            if path is None or not ctx.is_main or not path.is_file() or overwrite:
                 return texts, None
             done = HeadScores.load(path).validate(spec)
             wanted = (mode, describe_source(source), len(texts), int(max_length))

@@ -100,6 +100,8 @@ CASES = [
                        "--max_length", "32", "--out", "{d}/o"], "is UTF-16 text"),
     ("binary corpus", ["ppl", "{d}/en.safetensors", "--model", "{d}/tiny", "--source", "{d}/binary.txt",
                        "--max_length", "32", "--out", "{d}/o"], "binary file"),
+    ("latin-1 audit input", ["audit", "{d}/latin1.txt", "--expected", "de", "--out", "{d}/o"],
+     "is not UTF-8: byte 0xe4 at line 1, column 6"),
     ("out is a file", ["evaluate", "--lang", "en", "--model", "{d}/tiny", "--data", "embedded", "--out", "{d}/a_file"],
      "is a file"),
     ("absurd mask scale", ["export", "--model", "{d}/tiny", "--mask", "{d}/huge.safetensors", "--out", "{d}/exp"],

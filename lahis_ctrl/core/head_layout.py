@@ -79,16 +79,10 @@ class RowScale(torch.autograd.Function):
         return grad_x, grad_s
 
 
-class CompiledRowScale(torch.autograd.Function):
-    """RowScale for torch.compile'd layers: the same forward (x * s in x's dtype); backward reduces the float32
-    products over positions in one expression, which the compiler fuses into one kernel (no float32 copy of x is
-    materialised). RowScale's chunk loop would pin each sequence length into the compiled graph."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        # x: [batch, pos, heads * head_dim] (model dtype); s: [batch, heads * head_dim] (float32)
-        ctx.save_for_backward(x, s)
-        return x * s.to(x.dtype)[:, None, :]
+class CompiledRowScale(RowScale):
+    """RowScale for torch.compile'd layers: the same forward; backward reduces the float32 products over positions
+    in one expression, which the compiler fuses into one kernel (no float32 copy of x is materialised).
+    RowScale's chunk loop would pin each sequence length into the compiled graph."""
 
     @staticmethod
     def backward(ctx, grad):

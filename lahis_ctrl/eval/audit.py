@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import re
@@ -47,7 +48,7 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 import numpy as np
 
 from ..core.errors import LahisError
-from ..core.fileio import atomic_path
+from ..core.fileio import atomic_path, read_text
 from .langid import LangPrediction, LanguageIdentifier, get_identifier, normalize_lang
 from .lcb import LCB_LANGUAGES, LCB_TASKS, lcb_identifier, lcb_report
 from .stats import METHOD_MCNEMAR, format_p, paired_difference, wilson_interval
@@ -126,6 +127,14 @@ def task_language(task: str) -> str:
                      "or --lang_field with the field that holds it (e.g. doc.lang)")
 
 
+def _existing_input(input: str | Path) -> Path:
+    """The input file or folder, ~ expanded; a LahisError naming it when it is not there."""
+    path = Path(input).expanduser()
+    if not path.exists():
+        raise LahisError(f"input not found: {path}")
+    return path
+
+
 def _detect_format(path: Path) -> str:
     if path.is_dir():
         return "lm-eval"
@@ -135,7 +144,7 @@ def _detect_format(path: Path) -> str:
         return "text"
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with io.StringIO(read_text(path, "audit input")) as f:  # not UTF-8: named, never replaced silently
         for line in f:
             if not line.strip():
                 continue
@@ -196,7 +205,7 @@ class _Reader:
             return None
 
     def json_lines(self, path: Path) -> Iterable[tuple[str, dict]]:
-        with path.open(encoding="utf-8", errors="replace") as f:
+        with io.StringIO(read_text(path, "audit input")) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -214,7 +223,7 @@ class _Reader:
     def csv_rows(self, path: Path) -> Iterable[tuple[str, dict]]:
         """(file:line where the row starts, row) of a CSV file with a header line (.tsv: tab-separated)."""
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # completions can be long
-        with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        with io.StringIO(read_text(path, "audit input"), newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             if not reader.fieldnames:
                 return
@@ -260,9 +269,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
                  skip_bad: bool = False) -> tuple[list[AuditRecord], dict]:
     """Read the texts to audit. Returns (records, info) where info has 'format', 'files', 'skipped' (count) and
     'skipped_lines' (the first 50, with file:line and the error). Raises LahisError on bad input."""
-    path = Path(input).expanduser()
-    if not path.exists():
-        raise LahisError(f"input not found: {path}")
+    path = _existing_input(input)
     if format not in FORMATS:
         raise LahisError(f"unknown input format {format!r}: choose one of {', '.join(FORMATS)}")
     fmt = _detect_format(path) if format == "auto" else format
@@ -276,7 +283,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
         if fixed is None:
             raise LahisError(f"plain-text input ({path}) needs --expected LANG: the language every line should be in")
         files.append(str(path))
-        with path.open(encoding="utf-8", errors="replace") as f:
+        with io.StringIO(read_text(path, "audit input")) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
                 if line.strip():
@@ -673,12 +680,19 @@ def render_markdown(report: dict, max_columns: int = 12) -> str:
         lines.append("| " + " | ".join([_md_escape(_row_name(r))] + cells) + " |")
     if report.get("compare"):
         lines += [""] + _compare_markdown(report)
-    if report.get("skipped_lines"):
-        lines += ["", f"## Skipped lines ({report['skipped']})", ""]
-        lines += [f"- `{s['source']}`: {s['error']}" for s in report["skipped_lines"]]
-        if report["skipped"] > len(report["skipped_lines"]):
-            lines.append(f"- ... and {report['skipped'] - len(report['skipped_lines'])} more")
+    lines += _skipped_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def _skipped_markdown(report: dict) -> list[str]:
+    """The 'Skipped lines' section of a markdown report (the first 50 with file:line and error), or nothing."""
+    if not report.get("skipped_lines"):
+        return []
+    lines = ["", f"## Skipped lines ({report['skipped']})", ""]
+    lines += [f"- `{s['source']}`: {s['error']}" for s in report["skipped_lines"]]
+    if report["skipped"] > len(report["skipped_lines"]):
+        lines.append(f"- ... and {report['skipped'] - len(report['skipped_lines'])} more")
+    return lines
 
 
 def _language_table(rows: Sequence[dict], grouped: bool) -> list[str]:
@@ -1036,9 +1050,7 @@ def read_lcb_records(input: str | Path, format: str = "auto",
     task come from the doc, the model label from the folder lm-eval wrote them to). Returns (records, info) like
     `read_records`; raises LahisError with the file and line on bad input (unless skip_bad).
     """
-    path = Path(input).expanduser()
-    if not path.exists():
-        raise LahisError(f"input not found: {path}")
+    path = _existing_input(input)
     if format not in LCB_FORMATS:
         raise LahisError(f"--metric lcb reads {', '.join(LCB_FORMATS[1:])} (or auto), not --format {format}")
     fmt = _detect_format(path) if format == "auto" else format
@@ -1206,6 +1218,15 @@ def _f1_ci(x: float | None, ci: Sequence[float] | None, n: int | None = None) ->
     return f"{_f1(x)} {_interval(ci)}".rstrip()
 
 
+def _lcb_table_row(label: str, m: dict, groups: int) -> str:
+    """One row of the per-language or per-source LCB table: LPR, WPR, LCPR, the whole-text rates, counts."""
+    w = m["whole_text"]
+    star = "\\*" if m["lcpr_from_lpr_only"] else ""
+    return (f"| {label} | {_f1_ci(m['lpr'], m['lpr_ci'], m['lpr_n'])} | {_f1_ci(m['wpr'], m['wpr_ci'], m['wpr_n'])} | "
+            f"{_f1(m['lcpr'])}{star} | {_pct_ci(w['off_target_rate'], w['off_target_ci'])} | "
+            f"{_pct_ci(w['undetermined_rate'], w['undetermined_ci'])} | {groups} | {w['n']} |")
+
+
 def render_lcb_markdown(report: dict) -> str:
     """An `lcb_audit` report as Markdown: per model and task the overall figures, then per language, per source
     and per (source, language), each rate with its Wilson interval where it is one proportion, and the
@@ -1243,23 +1264,11 @@ def render_lcb_markdown(report: dict) -> str:
             lines += ["| language | LPR | WPR | LCPR | off-target (whole text) | undetermined | sources | "
                       "completions |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for lang, m in t["per_language"].items():
-                w = m["whole_text"]
-                star = "\\*" if m["lcpr_from_lpr_only"] else ""
-                lines.append(f"| {lang} | {_f1_ci(m['lpr'], m['lpr_ci'], m['lpr_n'])} | "
-                             f"{_f1_ci(m['wpr'], m['wpr_ci'], m['wpr_n'])} | "
-                             f"{_f1(m['lcpr'])}{star} | {_pct_ci(w['off_target_rate'], w['off_target_ci'])} | "
-                             f"{_pct_ci(w['undetermined_rate'], w['undetermined_ci'])} | {m['n_sources']} | "
-                             f"{w['n']} |")
+                lines.append(_lcb_table_row(lang, m, m["n_sources"]))
             lines += ["", "| source | LPR | WPR | LCPR | off-target (whole text) | undetermined | languages | "
                           "completions |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for src, m in t["per_source"].items():
-                w = m["whole_text"]
-                star = "\\*" if m["lcpr_from_lpr_only"] else ""
-                lines.append(f"| {_md_escape(src)} | {_f1_ci(m['lpr'], m['lpr_ci'], m['lpr_n'])} | "
-                             f"{_f1_ci(m['wpr'], m['wpr_ci'], m['wpr_n'])} | {_f1(m['lcpr'])}{star} | "
-                             f"{_pct_ci(w['off_target_rate'], w['off_target_ci'])} | "
-                             f"{_pct_ci(w['undetermined_rate'], w['undetermined_ci'])} | {m['n_languages']} | "
-                             f"{w['n']} |")
+                lines.append(_lcb_table_row(_md_escape(src), m, m["n_languages"]))
             lines += ["", "| source / language | completions | skipped | LPR | WPR | off-target (whole text) |",
                       "|---|---:|---:|---:|---:|---:|"]
             for g in t["groups"]:
@@ -1269,11 +1278,7 @@ def render_lcb_markdown(report: dict) -> str:
                              f"{_f1_ci(g['wpr'], g['wpr_ci'], g['wpr_n'])} | "
                              f"{_pct_ci(w['off_target_rate'], w['off_target_ci'])} |")
     lines += ["", "\\* no word-level rate (WPR is measured for ar hi ja ko ru zh only): LCPR is the LPR."]
-    if report.get("skipped_lines"):
-        lines += ["", f"## Skipped lines ({report['skipped']})", ""]
-        lines += [f"- `{s['source']}`: {s['error']}" for s in report["skipped_lines"]]
-        if report["skipped"] > len(report["skipped_lines"]):
-            lines.append(f"- ... and {report['skipped'] - len(report['skipped_lines'])} more")
+    lines += _skipped_markdown(report)
     return "\n".join(lines) + "\n"
 
 

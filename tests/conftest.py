@@ -34,3 +34,14 @@ def gemma():
     from lahis_ctrl import load_model, load_tokenizer
 
     return load_model("gemma-3-270m", dtype="float32"), load_tokenizer("gemma-3-270m")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (its tiny models gain nothing from more; the 2 cores are shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -138,14 +138,8 @@ def tiny_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one thread: the tiny models gain nothing from more, and the machines' 2 cores are shared (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ScriptedLM:

@@ -56,14 +56,8 @@ def _squad(items, en: bool) -> dict:
     return {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one thread: the tiny models gain nothing from more, and the machines' 2 cores are shared (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -378,6 +372,12 @@ def test_task_manager_includes_this_projects_tasks_without_include_path(local_da
     tm = TaskManager()
     for name in ("xquad_de", "xquad_ar", "xquad", "ntrex_en_de"):
         assert str(tm.task_index[name].yaml_path).startswith(ours), name
+    # `--tasks "xquad_*"` resolves to this package's tasks (the same names as lm-eval's, replaced)
+    matched = tm.match_tasks(["xquad_*"])
+    assert {"xquad_de", "xquad_xling_de", "xquad_lahis_de"} <= set(matched)
+    mine = {p.stem for p in tasks_dir().rglob("*.yaml")}
+    assert all(str(tm.task_index[name].yaml_path).startswith(ours) for name in matched if name in mine)
+    assert "xquad_ca" in matched  # lm-eval's Catalan XQuAD, which this package does not have, still matches
     assert TaskManager(include_path=["/nonexistent-user-tasks"]).include_path == [ours, "/nonexistent-user-tasks"]
     assert TaskManager(include_path=ours, include_defaults=False).include_path == ours
 

@@ -80,6 +80,27 @@ def test_lahis_vllm_generate_until_equals_hooked_transformers(engine):
     assert got == want
 
 
+def test_lcb_task_runs_through_lahis_vllm(engine):
+    """The LCB tasks are runtime-agnostic: the same task files through lahis_vllm (masked engine), offline."""
+    import os
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
+
+    data = os.environ.get("LAHIS_DATA_DIR")
+    if not data or not os.path.isdir(os.path.join(data, "lcb")):
+        pytest.skip("LAHIS_DATA_DIR with the LCB files is not set (make test-vllm sets it)")
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={"data_dir": data})
+    res = lm_eval.simple_evaluate(model=engine["lm"], tasks=["lcb_crosslingual_ru"], limit=2, task_manager=tm,
+                                  gen_kwargs="max_gen_toks=8", bootstrap_iters=0, log_samples=True)
+    metrics = res["results"]["lcb_crosslingual_ru"]
+    assert {"lpr,none", "wpr,none", "lcpr,none", "off_target_rate,none"} <= set(metrics)
+    samples = res["samples"]["lcb_crosslingual_ru"]
+    assert len(samples) == 2 and all(s["arguments"][0][0].rstrip().endswith("A:") for s in samples)  # one-shot Q:/A:
+
+
 def test_live_masks(engine):
     llm, ids = engine["llm"], engine["ids"]
     set_head_mask(llm, None)

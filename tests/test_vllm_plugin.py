@@ -142,6 +142,39 @@ def test_mismatched_or_missing_masks_are_refused(tmp_path):
     assert (spec.num_layers, spec.num_heads, spec.head_dim, spec.model_type) == (3, 4, 16, "llama")
 
 
+def test_refusals_the_engine_would_otherwise_die_on_or_serve_wrongly(tmp_path, monkeypatch, capsys):
+    from tiny import save_tiny
+
+    llama = tiny_model("llama")
+    model_dir = save_tiny(tmp_path / "model", "llama")
+    inside = _mask(llama).save(model_dir / "mask.safetensors")  # vLLM would read it as a weight file
+    with pytest.raises(LahisError, match="inside the model folder"):
+        plugin.load_checked_mask(str(inside), "$LAHIS_MASK", llama.config, str(model_dir))
+    huge = HeadMask.from_heads(llama, [(0, 1)], 1e6).save(tmp_path / "huge.safetensors")
+    with pytest.raises(LahisError, match=r"scales must lie in \[0, 100\]"):
+        plugin.load_checked_mask(str(huge), "$LAHIS_MASK", llama.config, "tiny")
+    assert plugin.load_checked_mask(str(huge), "$LAHIS_MASK", llama.config, "tiny",
+                                    {plugin.ALLOW_EXTREME_KEY: "true"}) is not None
+    folded = SimpleNamespace(**{**llama.config.to_dict(), "lahis_folded_mask": {"method": "manual", "language": "de",
+                                                                               "changed_heads": [[0, 1]]}})
+    folded.get_text_config = lambda: folded
+    ok = _mask(llama).save(tmp_path / "ok.safetensors")
+    with pytest.raises(LahisError, match="already has a head mask folded"):
+        plugin.load_checked_mask(str(ok), "$LAHIS_MASK", folded, "tiny")
+    # under vLLM's own command line a refusal is one line and exit 2, before any engine process starts
+    config = SimpleNamespace(additional_config={CONFIG_KEY: str(huge)},
+                             model_config=SimpleNamespace(hf_config=llama.config, model="tiny"))
+    wrapped = plugin._wrap_create_engine_config(lambda self, *a, **k: config)
+    with pytest.raises(LahisError):
+        wrapped(None)  # a library call keeps the exception
+    monkeypatch.setattr("sys.argv", ["/usr/bin/vllm", "serve", "tiny"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        wrapped(None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("lahis_ctrl: error: head mask from")
+
+
 def test_plugin_availability_is_reported(monkeypatch):
     import importlib.metadata as md
 

@@ -124,9 +124,13 @@ def _xquad_findings(xq: dict) -> list[dict]:
     rand = np.mean([pooled[n] for n in randoms], axis=0)
     c = stats.paired_difference(rand, pooled["lahis"], unit="share of items").to_dict()
     accs = ", ".join(f"{n} {100 * np.mean(pooled[n]):.1f}%" for n in randoms)
+    discordant = float(np.mean(rand != pooled["lahis"]))
+    mde = stats.minimum_detectable_effect(n_items, min(max(float(np.mean(rand)), 1e-3), 1 - 1e-3),
+                                          discordant_rate=discordant if discordant > 0 else None)
     out.append(_finding(
         "xquad_vs_random", "the LAHIS soft mask beats a random-heads soft mask", c, +1, unit="points", scale=100,
-        evidence=f"LAHIS mask {100 * np.mean(pooled['lahis']):.1f}% vs {len(randoms)} random-heads mask(s): {accs}"))
+        evidence=f"LAHIS mask {100 * np.mean(pooled['lahis']):.1f}% vs {len(randoms)} random-heads mask(s): {accs}; "
+                 f"detectable with 80% power: {100 * mde:.1f} points"))
     return out
 
 

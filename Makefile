@@ -22,7 +22,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lahis demo
 
-## the paper's experiments on Gemma 3 270M as a report folder (~1 h on 2 CPU cores; rerun to resume)
+## the paper's experiments on Gemma 3 270M as a report folder (~1.5 h on 2 CPU cores with the random-weight control; rerun to resume)
 reproduce: setup
 	$(VENV)/bin/lahis reproduce --config configs/reproduce-gemma-3-270m.yaml --data $(DATA) $(REPRODUCE_ARGS)
 

@@ -74,11 +74,19 @@ def compare_masks(records: Sequence[Mapping], baseline: str, seed: int = 0) -> d
             for name in names if name != baseline}
 
 
+def accuracy_interval(row: Mapping[str, float]) -> tuple[float, float]:
+    """The 95% Wilson interval of a summary row's accuracy (a share of its `n` items)."""
+    from .stats import wilson_interval
+
+    n = int(row["n"])
+    return wilson_interval(round(row["accuracy"] * n), n)
+
+
 def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "",
                  comparisons: Optional[Mapping[str, Mapping[str, Mapping]]] = None) -> str:
     """A Markdown table: mask | n | accuracy [95% Wilson CI] | EM | F1 (percent), and each mask's paired change in
     accuracy against the first row (95% CI, p)."""
-    from .stats import format_effect, wilson_interval
+    from .stats import format_effect
 
     names = list(summary)
     lines = [f"### {title}", ""] if title else []
@@ -87,7 +95,7 @@ def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "",
     for i, name in enumerate(names):
         s = summary[name]
         n = int(s["n"])
-        low, high = wilson_interval(round(s["accuracy"] * n), n)
+        low, high = accuracy_interval(s)
         c = (comparisons or {}).get(name, {}).get("accuracy")
         delta = "" if i == 0 else (format_effect(c, scale=100, digits=1) if c else
                                    f"{100 * (s['accuracy'] - summary[names[0]]['accuracy']):+.1f}")

@@ -131,9 +131,10 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
     return result
 
 
-def random_draws(spec, k: int, trials: int, seed: int, lang: str) -> list[list[tuple[int, int]]]:
-    """`trials` draws of k random heads for language `lang` (independent of the other languages' draws)."""
-    rng = random.Random(f"{seed}-{lang}")
+def random_draws(spec, k: int, trials: int, seed: int, tag: str) -> list[list[tuple[int, int]]]:
+    """`trials` draws of k random heads, seeded by (seed, tag): a language or language pair's draws are
+    independent of the others'."""
+    rng = random.Random(f"{seed}-{tag}")
     return [random_heads(spec.num_layers, spec.num_heads, k, rng) for _ in range(trials)]
 
 
@@ -149,10 +150,11 @@ def compare_language(result: Mapping, x: str, seed: int = 0) -> dict:
     own = np.array(result["masked"][x][x]["losses"])
     draws = np.array([t["losses"] for t in result["random"][x]["trials"]])  # [draws, texts]
     others = [y for y in result["masked"] if y != x]
+    random_increase = (draws - base).mean(1)  # [draws]: each draw's mean increase over the texts
     out = {"own_vs_none": stats.paired_difference(base, own, seed=seed, unit="nats/token").to_dict(),
            "own_vs_random": stats.paired_difference(draws.mean(0), own, seed=seed, unit="nats/token").to_dict(),
-           "own_rank_p": stats.empirical_p(float((own - base).mean()), (draws - base).mean(1), "greater"),
-           "random_increase": [float(v) for v in (draws - base).mean(1)]}
+           "own_rank_p": stats.empirical_p(float((own - base).mean()), random_increase, "greater"),
+           "random_increase": [float(v) for v in random_increase]}
     if others:
         other = np.array([result["masked"][y][x]["losses"] for y in others])  # [others, texts]
         out["own_vs_others"] = stats.paired_difference(other.mean(0), own, seed=seed, unit="nats/token").to_dict()

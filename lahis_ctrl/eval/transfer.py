@@ -244,7 +244,7 @@ def _summary(log_odds: Sequence[float], answers: Sequence[str], seed: int = 0) -
     prefers = sum(lo > 0 for lo in log_odds)
     mean_ci = list(bootstrap_mean_ci(log_odds, seed=seed)[1:]) if n else [float("nan")] * 2
     return {"n": n, "mean_log_odds": sum(log_odds) / n if n else float("nan"), "mean_log_odds_ci": mean_ci,
-            "share_prefers_x": _share([lo > 0 for lo in log_odds]),
+            "share_prefers_x": prefers / n if n else float("nan"),
             "share_prefers_x_ci": list(wilson_interval(prefers, n)),
             **{f"share_answer_{k}": _share([a == k for a in answers]) for k in ("x", "y", "neither", "both")}}
 

@@ -101,6 +101,14 @@ def _ppl_findings(ppl: dict) -> list[dict]:
     return out
 
 
+def _paired_mde(baseline: np.ndarray, treated: np.ndarray) -> float:
+    """The effect (share of items) a paired design of these items detects with 80% power, at the baseline's rate
+    and the observed share of items whose outcome differs."""
+    rate = min(max(float(np.mean(baseline)), 1e-3), 1 - 1e-3)
+    discordant = float(np.mean(baseline != treated))
+    return stats.minimum_detectable_effect(len(baseline), rate, discordant_rate=discordant if discordant > 0 else None)
+
+
 def _xquad_findings(xq: dict) -> list[dict]:
     langs = [l for l, r in xq.items() if "items" in r]
     if not langs:
@@ -111,9 +119,7 @@ def _xquad_findings(xq: dict) -> list[dict]:
     base = float(np.mean(pooled["original"]))
     out = []
     c = stats.paired_difference(pooled["original"], pooled["lahis"], unit="share of items").to_dict()
-    discordant = float(np.mean(pooled["original"] != pooled["lahis"]))
-    mde = stats.minimum_detectable_effect(n_items, min(max(base, 1e-3), 1 - 1e-3),
-                                          discordant_rate=discordant if discordant > 0 else None)
+    mde = _paired_mde(pooled["original"], pooled["lahis"])
     per = ", ".join(f"{l} {100 * (np.mean(xq[l]['items']['lahis']) - np.mean(xq[l]['items']['original'])):+.1f}"
                     for l in langs)
     out.append(_finding(
@@ -124,9 +130,7 @@ def _xquad_findings(xq: dict) -> list[dict]:
     rand = np.mean([pooled[n] for n in randoms], axis=0)
     c = stats.paired_difference(rand, pooled["lahis"], unit="share of items").to_dict()
     accs = ", ".join(f"{n} {100 * np.mean(pooled[n]):.1f}%" for n in randoms)
-    discordant = float(np.mean(rand != pooled["lahis"]))
-    mde = stats.minimum_detectable_effect(n_items, min(max(float(np.mean(rand)), 1e-3), 1 - 1e-3),
-                                          discordant_rate=discordant if discordant > 0 else None)
+    mde = _paired_mde(rand, pooled["lahis"])
     out.append(_finding(
         "xquad_vs_random", "the LAHIS soft mask beats a random-heads soft mask", c, +1, unit="points", scale=100,
         evidence=f"LAHIS mask {100 * np.mean(pooled['lahis']):.1f}% vs {len(randoms)} random-heads mask(s): {accs}; "

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...core.errors import LahisError
 from ...eval import stats
+from ...eval.evaluate import accuracy_interval
 from .findings import _mean, _task_families, effect_text, verdict_text
 from .steps import PLOT_LABELS
 
@@ -76,21 +77,26 @@ def _tables(results: dict) -> dict[str, str]:
     return t
 
 
+def _mean_accuracies(xq: dict) -> dict:
+    """mask -> XQuAD accuracy averaged over the languages (the first language's masks, in its order)."""
+    first = next(iter(xq.values()))
+    return {name: _mean(r["summary"][name]["accuracy"] for r in xq.values() if name in r["summary"])
+            for name in first["summary"]}
+
+
 def _xquad_table(xq: dict) -> str:
     lines = ["| language | mask | accuracy % [95% CI] | EM % | F1 % | vs original: points [95% CI], p "
              "| trained heads (layer, head, scale) |", "|---|---|---:|---:|---:|---|---|"]
     for lang, r in xq.items():
         for name, s in r["summary"].items():
-            n = int(s["n"])
-            low, high = stats.wilson_interval(round(s["accuracy"] * n), n)
+            low, high = accuracy_interval(s)
             cmp = r.get("comparisons", {}).get(name, {}).get("accuracy")
             heads = "" if name == "original" else ", ".join(f"L{l}H{h}={v:.2f}" for l, h, v in r["heads"].get(name, []))
             lines.append(f"| {lang} | {name} | {100 * s['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | "
                          f"{100 * s['exact_match']:.1f} | {100 * s['f1']:.1f} | "
                          f"{stats.format_effect(cmp, scale=100, digits=1) if cmp else ''} | {heads} |")
     any_r = next(iter(xq.values()))
-    means = {name: _mean(r["summary"][name]["accuracy"] for r in xq.values() if name in r["summary"])
-             for name in any_r["summary"]}
+    means = _mean_accuracies(xq)
     lines.append("\nMean accuracy over the languages: " + ", ".join(f"{n} {_pct(v)}%" for n, v in means.items()) + ".")
     return (f"{any_r['train_items']} training items x epochs from the reference train split, "
             f"{any_r['test_items']} held-out test items per language, {any_r['n_heads']} trainable heads; "
@@ -154,9 +160,8 @@ def _plots(results: dict, out: Path, scores: Optional[dict]) -> dict[str, str]:
         for lang, r in results["xquad"].items():
             data[lang], err[lang] = {}, {}
             for name, s in r["summary"].items():
-                n = int(s["n"])
                 data[lang][name] = 100 * s["accuracy"]
-                err[lang][name] = tuple(100 * v for v in stats.wilson_interval(round(s["accuracy"] * n), n))
+                err[lang][name] = tuple(100 * v for v in accuracy_interval(s))
         made["xquad"] = plots.plot_grouped_bars(data, d / "xquad.png", "XQuAD accuracy (held-out items, 95% CI)",
                                                 "accuracy %", errors=err)
     if results.get("off_target"):
@@ -170,8 +175,7 @@ def _plots(results: dict, out: Path, scores: Optional[dict]) -> dict[str, str]:
                     if task not in r["tasks"] or "off_target" not in r["tasks"][task]:
                         continue
                     rate, ci = _rate_ci(r["tasks"][task]["off_target"])
-                    label = PLOT_LABELS.get(name.rsplit("_", 1)[0] if name.startswith("zero_random_") else name, name)
-                    label = label if not name.startswith("zero_random_") else f"{label} #{name.rsplit('_', 1)[1]}"
+                    label = PLOT_LABELS.get(name, r["label"])  # random draws 2, 3, ...: "zero random heads #2"
                     # one colour per intervention across languages; an undecided rate is a gap, not 0%
                     data[g][label] = float("nan") if rate is None else 100 * rate
                     err[g][label] = (float("nan"), float("nan")) if rate is None else (100 * ci[0], 100 * ci[1])
@@ -193,10 +197,8 @@ def _plots(results: dict, out: Path, scores: Optional[dict]) -> dict[str, str]:
             data[lang], err[lang] = {}, {}
             for name, r in per.items():
                 rate, ci = _rate_ci(r["line_pass"])
-                data[lang][r["label"] if not name.startswith("zero_random") else "zero random heads" + (
-                    "" if name == "zero_random" else f" #{name.rsplit('_', 1)[1]}")] = \
-                    float("nan") if rate is None else 100 * rate
-                err[lang][list(data[lang])[-1]] = (math.nan, math.nan) if rate is None else (100 * ci[0], 100 * ci[1])
+                data[lang][r["label"]] = float("nan") if rate is None else 100 * rate
+                err[lang][r["label"]] = (math.nan, math.nan) if rate is None else (100 * ci[0], 100 * ci[1])
         made["lcb"] = plots.plot_grouped_bars(data, d / "lcb.png", "LCB line-level pass rate (95% CI)", "LPR %",
                                               errors=err)
     if results.get("findings"):
@@ -266,8 +268,7 @@ def readme_section(results: dict, report_rel: str, plot_rel: Optional[str]) -> s
              f"lahis-ctrl {results['version']}); every table and plot: [{report_rel}]({report_rel}).", ""]
     if results.get("xquad"):
         any_r = next(iter(results["xquad"].values()))
-        means = {n: _mean(r["summary"][n]["accuracy"] for r in results["xquad"].values() if n in r["summary"])
-                 for n in any_r["summary"]}
+        means = _mean_accuracies(results["xquad"])
         lines.append(f"- XQuAD accuracy, mean of {', '.join(results['xquad'])} ({any_r['test_items']} held-out items "
                      f"each, {any_r['n_heads']} trained heads): "
                      + ", ".join(f"{n} {_pct(v)}%" for n, v in means.items()) + ".")

@@ -82,11 +82,11 @@ def _random_weights(name: str, dtype: str, seed: int, label: str):
     """The architecture of `name` (hub id, folder or embedded name), freshly initialised with `seed`: weights
     with no training, so anything it "shows" comes from the method, not from learned language heads."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from ...core.loading import _dtype, resolve
+    from ...core.loading import _dtype, load_config
 
-    config = AutoConfig.from_pretrained(resolve(name))
+    config = load_config(name)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype) if dtype != "auto" else None)
     model.name_or_path = label

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 from pathlib import Path
 from typing import Optional
 
@@ -126,9 +125,8 @@ def target_interventions(spec, scores: dict, target: str, source_lang: str, k: i
     """name -> (label, HeadMask or None) for one target language: none, zero the source language's heads, scale
     the target's heads up, zero the target's heads, and `draws` draws of k random heads zeroed."""
     from ...core.mask import HeadMask
-    from ...eval.ppl import random_heads
+    from ...eval.ppl import random_draws
 
-    rng = random.Random(f"{seed}-{target}")
     made = {
         "none": ("no intervention", None),
         "zero_source": (f"zero {source_lang} heads", HeadMask.from_heads(spec, _specific(scores, source_lang, k, s), 0.0)),
@@ -136,9 +134,9 @@ def target_interventions(spec, scores: dict, target: str, source_lang: str, k: i
                          HeadMask.from_heads(spec, _specific(scores, target, k, s), scale_up)),
         "zero_target": (f"zero {target} heads", HeadMask.from_heads(spec, _specific(scores, target, k, s), 0.0)),
     }
-    for i, name in enumerate(random_names("zero_random", draws)):
-        made[name] = (f"zero random heads{'' if i == 0 else f' #{i + 1}'}",
-                      HeadMask.from_heads(spec, random_heads(spec.num_layers, spec.num_heads, k, rng), 0.0))
+    heads = random_draws(spec, k, draws, seed, target)
+    for i, (name, rand) in enumerate(zip(random_names("zero_random", draws), heads)):
+        made[name] = (f"zero random heads{'' if i == 0 else f' #{i + 1}'}", HeadMask.from_heads(spec, rand, 0.0))
     return made
 
 
@@ -222,14 +220,12 @@ def transfer_interventions(spec, scores: dict, l1: str, l2: str, k: int, scale_u
     """The Alice probe's interventions: none, x scale_up language 1's heads, zero language 2's heads, and each
     random draw both scaled and zeroed (the two controls)."""
     from ...core.mask import HeadMask
-    from ...eval.ppl import random_heads
+    from ...eval.ppl import random_draws
 
-    rng = random.Random(f"{seed}-{l1}-{l2}")
     made = {"none": None,
             f"x{scale_up:g} {l1} heads": HeadMask.from_heads(spec, _specific(scores, l1, k, s), scale_up),
             f"zero {l2} heads": HeadMask.from_heads(spec, _specific(scores, l2, k, s), 0.0)}
-    for i in range(draws):
-        rand = random_heads(spec.num_layers, spec.num_heads, k, rng)
+    for i, rand in enumerate(random_draws(spec, k, draws, seed, f"{l1}-{l2}")):
         tag = "" if i == 0 else f" #{i + 1}"
         made[f"x{scale_up:g} random heads{tag}"] = HeadMask.from_heads(spec, rand, scale_up)
         made[f"zero random heads{tag}"] = HeadMask.from_heads(spec, rand, 0.0)
@@ -257,9 +253,10 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: 
 
 # ====================================================================== 6. lcb
 def lcb_prompts(tokenizer, rows: list[dict], task: str, lang: str, shots: int, data: Optional[str],
-                chat: Optional[bool] = None) -> list[str]:
+                chat: Optional[bool] = None) -> tuple[list[str], bool]:
     """The benchmark's prompts as the model sees them: its chat template when it has one (and `chat` is not
-    False), else the benchmark's few-shot base-model format ("Q: ...\nA: ..." turns ending in "A:")."""
+    False), else the benchmark's few-shot base-model format ("Q: ...\nA: ..." turns ending in "A:"). Returns
+    (prompts, whether the chat template was used)."""
     from ...corpora.lcb import base_model_prompt, chat_turns
 
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat

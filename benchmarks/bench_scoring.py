@@ -172,11 +172,10 @@ def matmul_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def model_flops(model, lengths: list[int]) -> float:
+def model_flops(model, spec, lengths: list[int]) -> float:
     """FLOPs of scoring texts of these lengths: per token 4 x matmul params + attention (see the docstring)."""
-    from lahis_ctrl.core.architecture import describe, text_config
+    from lahis_ctrl.core.architecture import text_config
 
-    spec = describe(model)
     cfg = text_config(model.config)
     window = getattr(cfg, "sliding_window", None)
     kinds = getattr(cfg, "layer_types", None) or ["full_attention"] * spec.num_layers
@@ -257,7 +256,7 @@ def shape_benchmark(args) -> dict:
     tok = IdTokenizer()
     lengths = [len(t.split()) for t in texts]
     n_tokens = sum(lengths)
-    flops = model_flops(model, lengths)
+    flops = model_flops(model, spec, lengths)
     say = print if ctx.is_main else (lambda *a, **k: None)
     shrunk = f" (depth shrunk to {cfg.num_hidden_layers} of {full_layers} layers: every figure is for the shrunk model)" \
         if cfg.num_hidden_layers < full_layers else ""
@@ -322,8 +321,8 @@ def shape_benchmark(args) -> dict:
             b = int(baseline["best_fast"].split()[1][1:])
             result["baseline"] = str(args.baseline)
         else:
-            best = ctx.broadcast_object(result.get("best_fast"))
-            one = ctx.broadcast_object(result["tokens_per_s"].get(best))
+            mine = result.get("best_fast")  # rank 0's choice is every rank's
+            best, one = ctx.broadcast_object((mine, result["tokens_per_s"].get(mine)))
             b = int(best.split()[1][1:])
         ctx.barrier()
         dt = _timed(lambda: (score_heads(model, tok, texts, mode="fast", batch_size=b, **{**kw, "distributed": True}),
@@ -420,11 +419,7 @@ def main(argv=None) -> dict:
         ("fast", lambda: score_heads(model, tok, texts, mode="fast", max_length=args.tokens, batch_size=args.batch_size,
                                      progress=False, check_loss=False)),
     ]:
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = _timed(fn, device)
         timings[name] = n_tokens / dt
         print(f"  {name:22s} {dt:8.1f} s  {timings[name]:9.1f} tokens/s")
     base = timings["plain per-text loop"]

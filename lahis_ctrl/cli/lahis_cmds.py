@@ -61,11 +61,7 @@ def score(model: str = "gemma-3-270m", languages: list[str] = ["en", "de", "es",
 
     out = Path(out)
     # fail on bad settings, languages and sources before joining the other ranks or loading a large model
-    if split not in dist.SPLITS:
-        raise LahisError(f"unknown split '{split}': use one of {dist.SPLITS}")
-    world = dist.env_world_size()
-    if world > 1 and mode == "faithful" and split == "texts":
-        raise LahisError(dist.FAITHFUL_REFUSAL.format(world=world))
+    dist.check_mode(mode, split)
     from ..core.architecture import check_arch
     from ..core.fileio import run_lock
     from ..core.loading import load_config

@@ -21,16 +21,28 @@ from .errors import LahisError
 from .mask import HeadMask, as_mask
 
 
+def replace_input(args: tuple, kwargs: dict, transform: Callable[[torch.Tensor], torch.Tensor]) -> tuple[tuple, dict]:
+    """A forward pre-hook's (args, kwargs) with the module's input x (positional or `input=`) replaced by
+    transform(x)."""
+    # x: [batch, pos, num_heads * head_dim] (or [tokens, num_heads * head_dim] when flattened)
+    if args:
+        return (transform(args[0]),) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "input": transform(kwargs["input"])}
+
+
 def _hook_for(transform: Callable[[torch.Tensor], torch.Tensor]):
     """A forward pre-hook that replaces the o_proj input x by transform(x)."""
 
     def pre_hook(module, args, kwargs):
-        # x: [batch, pos, num_heads * head_dim] (or [tokens, num_heads * head_dim] when flattened)
-        if args:
-            return (transform(args[0]),) + tuple(args[1:]), kwargs
-        return args, {**kwargs, "input": transform(kwargs["input"])}
+        return replace_input(args, kwargs, transform)
 
     return pre_hook
+
+
+def check_row_input(x: torch.Tensor, batch: int) -> None:
+    """Per-row scales need the o_proj input as [batch, pos, features] with the scales' batch size."""
+    if x.dim() != 3 or x.shape[0] != batch:
+        raise LahisError(f"per-row head scales expect [batch, pos, features] o_proj inputs; got {tuple(x.shape)}")
 
 
 def _scaled_by(scale_fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -109,8 +121,7 @@ def row_scales(model, spec: ModelSpec, scales: torch.Tensor) -> Iterator[None]:
     """
     def scaled(layer: int):
         def transform(x: torch.Tensor) -> torch.Tensor:
-            if x.dim() != 3 or x.shape[0] != scales.shape[0]:
-                raise LahisError(f"per-row head scales expect [batch, pos, features] o_proj inputs; got {tuple(x.shape)}")
+            check_row_input(x, scales.shape[0])
             return head_layout.scale_rows(x, scales[:, layer], spec.head_dim)  # [batch, heads] of this layer
 
         return transform

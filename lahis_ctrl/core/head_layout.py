@@ -90,9 +90,11 @@ class CompiledRowScale(RowScale):
         return grad * s.to(grad.dtype)[:, None, :], (grad.float() * x.float()).sum(1).to(s.dtype)
 
 
-def scale_rows(x: torch.Tensor, row_scales: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """x [batch, pos, heads * head_dim] times row_scales [batch, heads] (row b of the batch by its own scales)."""
-    return RowScale.apply(x, feature_scales(row_scales.to(x.device), head_dim))
+def scale_rows(x: torch.Tensor, row_scales: torch.Tensor, head_dim: int,
+               function: type[RowScale] = RowScale) -> torch.Tensor:
+    """x [batch, pos, heads * head_dim] times row_scales [batch, heads] (row b of the batch by its own scales);
+    `function` CompiledRowScale inside torch.compile'd layers."""
+    return function.apply(x, feature_scales(row_scales.to(x.device), head_dim))
 
 
 # ---------------------------------------------------------------------------------------------- weights

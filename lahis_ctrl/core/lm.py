@@ -340,11 +340,11 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     pad = pad_id(tokenizer)
     device = input_device(model)
     outputs: list[str] = []
+    extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, unit="batch"):
         chunk = list(prompts[start:start + batch_size])
         seqs = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
         ids, mask = pad_batch(seqs, pad, device, side="left")  # [batch, width]
-        extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              num_beams=1, pad_token_id=pad, top_p=None, top_k=None, temperature=None, **extra)
         new_ids = out[:, ids.shape[1]:]  # [batch, new_tokens]

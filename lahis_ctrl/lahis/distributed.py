@@ -47,10 +47,17 @@ def env_world_size() -> int:
     """The job's number of processes: the initialised group's size, else $WORLD_SIZE (1 when unset)."""
     if _initialized():
         return torch.distributed.get_world_size()
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError as exc:
-        raise LahisError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not a number") from exc
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def check_mode(mode: str, split: str = "texts", distributed: bool = True) -> None:
+    """Refuse, before any rank joins a collective, what cannot run: an unknown split, and faithful mode with one
+    language's texts split over several ranks."""
+    if split not in SPLITS:
+        raise LahisError(f"unknown split '{split}': use one of {SPLITS}")
+    world = env_world_size() if distributed else 1
+    if world > 1 and mode == "faithful" and split == "texts":
+        raise LahisError(FAITHFUL_REFUSAL.format(world=world))
 
 
 def _initialized() -> bool:
@@ -100,10 +107,12 @@ class DistContext:
         torch.distributed.all_reduce(flags)
         return [r for r, f in enumerate(flags.tolist()) if f]
 
-    def agree(self, fn: Callable[[], T], what: str = "a step") -> T:
+    def agree(self, fn: Callable[[], T], what: str = "a step",
+              kept: str = "progress saved in checkpoints is kept") -> T:
         """Run fn() on every rank; if it raised on any rank, raise on every rank (no rank is left waiting).
 
-        The rank(s) where fn raised re-raise their own exception; the others raise a LahisError naming them.
+        The rank(s) where fn raised re-raise their own exception; the others raise a LahisError naming them (and
+        saying what of the run is `kept`).
         """
         if not self.active:
             return fn()
@@ -118,7 +127,7 @@ class DistContext:
             raise error
         if failed:
             raise LahisError(f"{what} failed on rank(s) {', '.join(map(str, failed))} of {self.world_size} "
-                             "(their error is printed above); progress saved in checkpoints is kept: rerun to resume")
+                             f"(their error is printed above); {kept}: rerun to resume")
         return result
 
     def all_reduce_sum_(self, *tensors: torch.Tensor) -> None:

@@ -39,7 +39,7 @@ import torch
 from ..core import head_layout
 from ..core.architecture import ModelSpec, describe, output_projections
 from ..core.artifacts import Checkpoint, fingerprint
-from ..core.control import row_scales, scale_heads
+from ..core.control import check_row_input, replace_input, row_scales, scale_heads
 from ..core.errors import LahisError
 from ..core.lm import (check_loss_matches, frozen, input_device, lm_parts, pad_batch, pad_id, sequence_losses,
                        tokenize_texts)
@@ -49,7 +49,6 @@ from .scores import HeadScores
 log = logging.getLogger(__name__)
 
 MODES = ("fast", "faithful")
-SPLITS = dist.SPLITS
 
 
 # ====================================================================== per-text gradients (fast mode)
@@ -89,23 +88,16 @@ def _batch_grads(model, spec, seqs, pad, parts, loss_chunk, compiled: Optional["
 
 
 # ====================================================================== torch.compile of the decoder layers
-def _replace_input(args, kwargs, fn):
-    if args:
-        return (fn(args[0]),) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "input": fn(kwargs["input"])}
-
-
 def _compiled_row_hook(module, args, kwargs):
     """Per-row scales (fast mode) read from the module, so one hook function serves every layer (no per-layer
     constants for the compiler to guard on)."""
     rows = module._lahis_scale  # [batch, heads] float32, set per batch
 
     def fn(x):
-        if x.dim() != 3 or x.shape[0] != rows.shape[0]:
-            raise LahisError(f"per-row head scales expect [batch, pos, features] o_proj inputs; got {tuple(x.shape)}")
-        return head_layout.CompiledRowScale.apply(x, head_layout.feature_scales(rows.to(x.device), module._lahis_head_dim))
+        check_row_input(x, rows.shape[0])
+        return head_layout.scale_rows(x, rows, module._lahis_head_dim, head_layout.CompiledRowScale)
 
-    return _replace_input(args, kwargs, fn)
+    return replace_input(args, kwargs, fn)
 
 
 def _compiled_head_hook(module, args, kwargs):
@@ -116,7 +108,7 @@ def _compiled_head_hook(module, args, kwargs):
         return head_layout.scale_input(x, head_layout.feature_scales(row.to(device=x.device, dtype=x.dtype),
                                                                      module._lahis_head_dim))
 
-    return _replace_input(args, kwargs, fn)
+    return replace_input(args, kwargs, fn)
 
 
 def _decoder_layers(model, spec: ModelSpec) -> Optional[list]:
@@ -144,20 +136,16 @@ class _CompiledScales:
     def __init__(self, projections):
         self.projections = projections
 
-    @contextlib.contextmanager
-    def rows(self, scales: torch.Tensor) -> Iterator[None]:  # fast mode: [batch, layers, heads]
-        for layer, module in enumerate(self.projections):
-            module._lahis_scale = scales[:, layer]
-        try:
-            yield
-        finally:
-            for module in self.projections:
-                module._lahis_scale = None
+    def rows(self, scales: torch.Tensor):  # fast mode: [batch, layers, heads] -> layer l gets [batch, heads]
+        return self._bind(scales, layer_dim=1)
+
+    def heads(self, m: torch.Tensor):  # faithful mode: [layers, heads] -> layer l gets [heads]
+        return self._bind(m, layer_dim=0)
 
     @contextlib.contextmanager
-    def heads(self, m: torch.Tensor) -> Iterator[None]:  # faithful mode: [layers, heads]
+    def _bind(self, t: torch.Tensor, layer_dim: int) -> Iterator[None]:
         for layer, module in enumerate(self.projections):
-            module._lahis_scale = m[layer]
+            module._lahis_scale = t.select(layer_dim, layer)
         try:
             yield
         finally:
@@ -277,9 +265,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         raise LahisError(f"batch_size must be >= 1, got {batch_size}")
     backend = _compile_backend(compile)
     # everything that fails the same way on every rank fails here, before the first collective
-    world = dist.env_world_size() if distributed else 1
-    if world > 1 and mode == "faithful":
-        raise LahisError(dist.FAITHFUL_REFUSAL.format(world=world))
+    dist.check_mode(mode, "texts", distributed)
     spec = describe(model, arch)
     ids = tokenize_texts(tokenizer, texts, max_length)
     pad = pad_id(tokenizer)
@@ -425,30 +411,16 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
         languages' files and checkpoints (<lang>.ckpt.safetensors, the one-process format), then the ranks
         exchange their results.
     """
-    if split not in SPLITS:
-        raise LahisError(f"unknown split '{split}': use one of {SPLITS}")
-    world = dist.env_world_size() if distributed else 1
-    if world > 1 and split == "texts" and mode == "faithful":
-        raise LahisError(dist.FAITHFUL_REFUSAL.format(world=world))
+    dist.check_mode(mode, split, distributed)
     languages = list(languages)
     ctx = dist.context(distributed)
     common = dict(source=source, n=n, mode=mode, max_length=max_length, batch_size=batch_size, seed=seed,
                   out_dir=out_dir, progress=progress, overwrite=overwrite)
     if ctx.active and split == "languages":
         mine = dist.split_languages(languages, ctx.world_size)[ctx.rank]
-        error: Optional[BaseException] = None
-        local: dict[str, HeadScores] = {}
-        try:
-            local = score_languages(model, tokenizer, mine, distributed=False, **common, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - re-raised after the other ranks know
-            error = exc
-        gathered = ctx.all_gather_object(None if error is not None else local)
-        if error is not None:
-            raise error
-        failed = [r for r, res in enumerate(gathered) if res is None]
-        if failed:
-            raise LahisError(f"scoring failed on rank(s) {', '.join(map(str, failed))} of {ctx.world_size} (their error is "
-                             "printed above); finished languages and checkpoints are kept: rerun to resume")
+        local = ctx.agree(lambda: score_languages(model, tokenizer, mine, distributed=False, **common, **kwargs),
+                          "scoring", kept="finished languages and checkpoints are kept")
+        gathered = ctx.all_gather_object(local)
         merged = {lang: s for res in gathered for lang, s in res.items()}
         return {lang: merged[lang] for lang in languages}
     return _score_languages_in_turn(ctx, model, tokenizer, languages, distributed=distributed, **common, **kwargs)
@@ -493,9 +465,7 @@ def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, 
                                     progress=progress, distributed=distributed, **kwargs)
         if path is not None:
             ctx.agree(lambda lang=lang, path=path: results[lang].save(path) if ctx.is_main else None, f"writing {path}")
-            own = dist.rank_checkpoint_path(ckpt, ctx.rank, ctx.world_size)
-            if own.exists():
-                own.unlink()
+            dist.rank_checkpoint_path(ckpt, ctx.rank, ctx.world_size).unlink(missing_ok=True)
     return results
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from ..core.errors import LahisError
 from ..core.fileio import atomic_path, read_text
 from .langid import LangPrediction, LanguageIdentifier, get_identifier, normalize_lang
-from .lcb import LCB_LANGUAGES, LCB_TASKS, lcb_identifier, lcb_report
+from .lcb import LCB_LANGUAGES, LCB_TASKS, lcb_identifier, lcb_report, whole_text
 from .stats import METHOD_MCNEMAR, format_p, paired_difference, wilson_interval
 
 __all__ = ["AuditRecord", "LCBRecord", "audit_texts", "compare_runs", "lcb_audit", "match_items", "read_lcb_records",
@@ -135,7 +135,12 @@ def _existing_input(input: str | Path) -> Path:
     return path
 
 
-def _detect_format(path: Path) -> str:
+def _check_folder(path: Path, fmt: str) -> None:
+    if path.is_dir() and fmt != "lm-eval":
+        raise LahisError(f"{path} is a folder: only the lm-eval format reads folders (of samples_*.jsonl files)")
+
+
+def _detect_format(path: Path, reader: "_Reader") -> str:
     if path.is_dir():
         return "lm-eval"
     if _SAMPLES_NAME.match(path.name):
@@ -144,7 +149,7 @@ def _detect_format(path: Path) -> str:
         return "text"
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
-    with io.StringIO(read_text(path, "audit input")) as f:  # not UTF-8: named, never replaced silently
+    with io.StringIO(reader.text_of(path, keep=True)) as f:  # not UTF-8: named, never replaced silently
         for line in f:
             if not line.strip():
                 continue
@@ -186,6 +191,25 @@ class _Reader:
         self.records: list[AuditRecord] = []
         self.skipped: list[dict] = []
         self.n_skipped = 0
+        self._kept: dict[Path, str] = {}
+
+    def text_of(self, path: Path, keep: bool = False) -> str:
+        """The file's text, decoded once: format detection keeps it for the read that follows."""
+        text = self._kept.pop(path, None)
+        if text is None:
+            text = read_text(path, "audit input")  # not UTF-8: named, never replaced silently
+        if keep:
+            self._kept[path] = text
+        return text
+
+    def check_found(self, path: Path, found: int, what: str) -> None:
+        """Refuse an input that gave nothing to audit, saying whether it was empty or all bad."""
+        if found:
+            return
+        if self.n_skipped:
+            raise LahisError(f"{path}: all {self.n_skipped} lines were bad (first: {self.skipped[0]['source']}: "
+                             f"{self.skipped[0]['error']})")
+        raise LahisError(f"{path}: no {what} to audit (the input is empty)")
 
     def bad(self, source: str, message: str) -> None:
         if not self.skip_bad:
@@ -205,7 +229,7 @@ class _Reader:
             return None
 
     def json_lines(self, path: Path) -> Iterable[tuple[str, dict]]:
-        with io.StringIO(read_text(path, "audit input")) as f:
+        with io.StringIO(self.text_of(path)) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -223,7 +247,7 @@ class _Reader:
     def csv_rows(self, path: Path) -> Iterable[tuple[str, dict]]:
         """(file:line where the row starts, row) of a CSV file with a header line (.tsv: tab-separated)."""
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # completions can be long
-        with io.StringIO(read_text(path, "audit input"), newline="") as f:
+        with io.StringIO(self.text_of(path), newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             if not reader.fieldnames:
                 return
@@ -272,18 +296,17 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
     path = _existing_input(input)
     if format not in FORMATS:
         raise LahisError(f"unknown input format {format!r}: choose one of {', '.join(FORMATS)}")
-    fmt = _detect_format(path) if format == "auto" else format
-    if path.is_dir() and fmt != "lm-eval":
-        raise LahisError(f"{path} is a folder: only the lm-eval format reads folders (of samples_*.jsonl files)")
-    fixed = normalize_lang(expected) if expected is not None else None
     reader = _Reader(skip_bad)
+    fmt = _detect_format(path, reader) if format == "auto" else format
+    _check_folder(path, fmt)
+    fixed = normalize_lang(expected) if expected is not None else None
     files: list[str] = []
 
     if fmt == "text":
         if fixed is None:
             raise LahisError(f"plain-text input ({path}) needs --expected LANG: the language every line should be in")
         files.append(str(path))
-        with io.StringIO(read_text(path, "audit input")) as f:
+        with io.StringIO(reader.text_of(path)) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
                 if line.strip():
@@ -372,11 +395,7 @@ def read_records(input: str | Path, format: str = "auto", text_field: str | None
             item = next((str(rec[f]) for f in ID_FIELDS if rec.get(f) not in (None, "")), None)
             reader.records.append(AuditRecord(text, lang, group, source, item))
 
-    if not reader.records:
-        if reader.n_skipped:
-            raise LahisError(f"{path}: all {reader.n_skipped} lines were bad (first: {reader.skipped[0]['source']}: "
-                             f"{reader.skipped[0]['error']})")
-        raise LahisError(f"{path}: no records to audit (the input is empty)")
+    reader.check_found(path, len(reader.records), "records")
     info = {"format": fmt, "files": files, "skipped": reader.n_skipped, "skipped_lines": reader.skipped}
     return reader.records, info
 
@@ -445,6 +464,13 @@ def _ci(k: int, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
     return [float(low), float(high)]
 
 
+def _counts(n: int, on: int, und: int) -> dict:
+    """n, the on-target, off-target and undetermined counts of n outputs, and their rates."""
+    off = n - on - und
+    return {"n": n, "on_target": on, "off_target": off, "undetermined": und,
+            "on_target_rate": _rate(on, n), "off_target_rate": _rate(off, n), "undetermined_rate": _rate(und, n)}
+
+
 def _with_cis(row: dict) -> dict:
     """Add on_target_ci, off_target_ci, undetermined_ci (Wilson) to a dict with n and the three counts."""
     for key in ("on_target", "off_target", "undetermined"):
@@ -474,11 +500,9 @@ def _build_report(expected: Sequence[str], groups: Sequence[str | None], preds: 
             predicted, reasons = keys[(g, exp)]["predicted"], keys[(g, exp)]["reasons"]
             n = sum(predicted.values())
             on, und = predicted.get(exp, 0), predicted.get(UND, 0)
-            off = n - on - und
             wrong = [(lang, c) for lang, c in predicted.most_common() if lang not in (exp, UND)]
             rows.append(_with_cis({
-                "group": g, "expected": exp, "n": n, "on_target": on, "off_target": off, "undetermined": und,
-                "on_target_rate": _rate(on, n), "off_target_rate": _rate(off, n), "undetermined_rate": _rate(und, n),
+                "group": g, "expected": exp, **_counts(n, on, und),
                 "top_wrong": [[lang, c] for lang, c in wrong[:top]],
                 "predicted": dict(predicted.most_common()),
                 "undetermined_reasons": dict(reasons.most_common()),
@@ -488,12 +512,9 @@ def _build_report(expected: Sequence[str], groups: Sequence[str | None], preds: 
     und = sum(r["undetermined"] for r in rows)
     report = _with_cis({
         "backend": identifier.name, "min_confidence": identifier.min_confidence, "min_chars": identifier.min_chars,
-        "grouped": has_group, "confidence": CONFIDENCE, "interval": INTERVAL,
-        "n": n, "on_target": on, "off_target": n - on - und, "undetermined": und,
-        "on_target_rate": _rate(on, n), "off_target_rate": _rate(n - on - und, n), "undetermined_rate": _rate(und, n),
-        "rows": rows,
+        "grouped": has_group, "confidence": CONFIDENCE, "interval": INTERVAL, **_counts(n, on, und),
     })
-    report["rows"] = report.pop("rows")  # after the totals' intervals in the JSON
+    report["rows"] = rows  # after the totals' intervals in the JSON
     if max_off_target is not None:
         failed = []
         for r in rows:
@@ -1053,15 +1074,14 @@ def read_lcb_records(input: str | Path, format: str = "auto",
     path = _existing_input(input)
     if format not in LCB_FORMATS:
         raise LahisError(f"--metric lcb reads {', '.join(LCB_FORMATS[1:])} (or auto), not --format {format}")
-    fmt = _detect_format(path) if format == "auto" else format
-    if fmt in ("evaluate", "text"):
-        fmt = "jsonl" if fmt == "evaluate" else fmt
+    reader = _Reader(skip_bad)
+    fmt = _detect_format(path, reader) if format == "auto" else format
+    if fmt == "evaluate":
+        fmt = "jsonl"
     if fmt == "text":
         raise LahisError(f"{path}: --metric lcb needs the benchmark's completion layout (CSV or JSONL with "
                          f"{', '.join(LCB_FIELDS)}, optionally model) or lm-eval samples of the lcb_* tasks")
-    if path.is_dir() and fmt != "lm-eval":
-        raise LahisError(f"{path} is a folder: only the lm-eval format reads folders (of samples_*.jsonl files)")
-    reader = _Reader(skip_bad)
+    _check_folder(path, fmt)
     records: list[LCBRecord] = []
     files: list[str] = []
     if fmt == "lm-eval":
@@ -1093,31 +1113,20 @@ def read_lcb_records(input: str | Path, format: str = "auto",
             r = _lcb_row(reader, where, rec, rec.get("model"))
             if r is not None:
                 records.append(r)
-    if not records:
-        if reader.n_skipped:
-            raise LahisError(f"{path}: all {reader.n_skipped} lines were bad (first: {reader.skipped[0]['source']}: "
-                             f"{reader.skipped[0]['error']})")
-        raise LahisError(f"{path}: no completions to audit (the input is empty)")
+    reader.check_found(path, len(records), "completions")
     return records, {"format": fmt, "files": files, "skipped": reader.n_skipped, "skipped_lines": reader.skipped}
-
-
-def whole_text(text: str) -> str:
-    """The part of a completion the whole-text metric labels: the text before the first "\\nQ:" (the benchmark's
-    own step 1, and the lcb_* tasks' stop sequence: a base model going on with the next few-shot question)."""
-    return text.split("\nQ:", 1)[0]
 
 
 def _whole_counts(preds: Sequence[LangPrediction], langs: Sequence[str]) -> dict:
     n = len(preds)
     on = sum(p.lang == lang for p, lang in zip(preds, langs))
     und = sum(not p.determined for p in preds)
-    return _with_cis({"n": n, "on_target": on, "off_target": n - on - und, "undetermined": und,
-                      "on_target_rate": _rate(on, n), "off_target_rate": _rate(n - on - und, n),
-                      "undetermined_rate": _rate(und, n)})
+    return _with_cis(_counts(n, on, und))
 
 
 def lcb_audit(records: Sequence[LCBRecord], identifier: LanguageIdentifier | None = None, lcb_lid=None,
-              progress: bool | None = False, predictions: Sequence[LangPrediction] | None = None) -> dict:
+              progress: bool | None = False, predictions: Sequence[LangPrediction] | None = None,
+              judgements: Optional[list] = None) -> dict:
     """The benchmark's figures (eval.lcb.lcb_report) with Wilson intervals, and the whole-text off-target rates.
 
     Adds to lcb_report's dict, per (source, language) group: ``lpr_ci`` (Wilson interval of the scored completions
@@ -1127,12 +1136,13 @@ def lcb_audit(records: Sequence[LCBRecord], identifier: LanguageIdentifier | Non
     pooled over their completions, and ``lpr_ci`` / ``wpr_ci`` where the figure is one proportion (a language with
     one source, a source with one language), else None: the means over sources and languages are no proportions.
     lcb_lid: the line language ID (eval.lcb.lcb_identifier; default the identifier's fastText model, read raw).
+    judgements: a list to fill with each record's `lcb_completion` judgement (eval.lcb.lcb_report's).
     """
     identifier = identifier or get_identifier()
     lcb_lid = lcb_identifier(identifier if lcb_lid is None else lcb_lid)
     rows = [{"completion": r.completion, "language": r.language, "source": r.source, "task": r.task,
              "model": r.model} for r in records]
-    report = lcb_report(rows, lcb_lid)
+    report = lcb_report(rows, lcb_lid, judgements=judgements)
     langs = [normalize_lang(r.language) for r in records]
     preds = list(predictions) if predictions is not None else _predict(
         identifier, [whole_text(r.completion) for r in records], progress)
@@ -1181,18 +1191,16 @@ def run_lcb_audit(input: str | Path, format: str = "auto", out: str | Path | Non
     lid = lcb_identifier(identifier)
     records, info = read_lcb_records(input, format, skip_bad)
     preds = _predict(identifier, [whole_text(r.completion) for r in records], progress)
+    judged: Optional[list] = [] if details else None  # each completion's LCB judgement, for examples.jsonl
     report = {"metric": "lcb", "input": str(input), "format": info["format"], "files": info["files"],
               "n": len(records), "backend": identifier.name, "min_confidence": identifier.min_confidence,
               "min_chars": identifier.min_chars, "confidence": CONFIDENCE, "interval": INTERVAL,
-              "lcb": lcb_audit(records, identifier, lid, predictions=preds),
+              "lcb": lcb_audit(records, identifier, lid, predictions=preds, judgements=judged),
               "skipped": info["skipped"], "skipped_lines": info["skipped_lines"]}
     rows_detail = None
     if details:
-        from .lcb import lcb_completion
-
         rows_detail = []
-        for r, p in zip(records, preds):
-            j = lcb_completion(r.completion, r.language, lid)
+        for r, p, j in zip(records, preds, judged):
             rows_detail.append({
                 "source": r.where, "model": r.model, "task": r.task, "lcb_source": r.source, "language": r.language,
                 "skipped": j["skipped"], "line_error": j["line_error"], "word_error": j["word_error"],

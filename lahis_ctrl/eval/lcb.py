@@ -80,9 +80,18 @@ _LANG_CODE = re.compile(r"[a-z]{2,3}")
 # Text
 
 
+NEXT_TURN = "\nQ:"  # the base-model format's next question: where a completion ends (and the tasks' stop sequence)
+
+
+def whole_text(text: str) -> str:
+    """The completion proper: the text before the first "\\nQ:" (a base model going on with the next few-shot
+    question). The benchmark's step 1 cuts there, and the whole-text off-target metric labels this part."""
+    return text.split(NEXT_TURN, 1)[0]
+
+
 def normalize_completion(text: str) -> str:
     """Step 1: the text before the first "\\nQ:", stripped, without ASCII punctuation and "،", "—" -> " "."""
-    return _DELETE.sub("", text.split("\nQ:", 1)[0].strip()).replace("—", " ")
+    return _DELETE.sub("", whole_text(text).strip()).replace("—", " ")
 
 
 @functools.lru_cache(maxsize=1)
@@ -335,13 +344,15 @@ def lcb_completion(text: str | None, lang: str, identifier=None, english_words=N
     return out
 
 
-def lcb_metrics(completions: Iterable[str | None], lang: str, identifier=None, english_words=None) -> dict:
+def lcb_metrics(completions: Iterable[str | None], lang: str, identifier=None, english_words=None,
+                judgements: list | None = None) -> dict:
     """LPR, WPR and acc of the completions of one (source, language), as the benchmark computes them.
 
     Returns ``language``, ``n`` (completions given), ``skipped``, ``n_scored`` (= n - skipped),
     ``line_errors`` (completions with a line error), ``n_word_scored`` (scored completions without a line error),
     ``word_errors`` (None outside ar hi ja ko ru zh), ``lpr``, ``wpr`` (None outside ar hi ja ko ru zh), ``acc``
-    (the reference's line-level accuracy). Built from `lcb_completion`, one call per completion.
+    (the reference's line-level accuracy). Built from `lcb_completion`, one call per completion; with a
+    `judgements` list, each completion's judgement is appended to it (in order).
     """
     _check_lang(lang)
     if isinstance(completions, str):
@@ -354,6 +365,8 @@ def lcb_metrics(completions: Iterable[str | None], lang: str, identifier=None, e
     for text in completions:
         n += 1
         res = lcb_completion(text, lang, lid, words)
+        if judgements is not None:
+            judgements.append(res)
         if res["skipped"]:
             skipped += 1
             continue
@@ -367,10 +380,16 @@ def lcb_metrics(completions: Iterable[str | None], lang: str, identifier=None, e
     return {
         "language": lang, "n": n, "skipped": skipped, "n_scored": scored, "line_errors": line_errors,
         "n_word_scored": word_scored, "word_errors": word_errors if wpr_lang else None,
-        "lpr": 1 - line_errors / max(1, scored),
-        "wpr": 1 - word_errors / max(1, word_scored) if wpr_lang else None,
+        **_pass_rates(lang, scored, line_errors, word_errors),
         "acc": sum(line_acc) / len(line_acc) if line_acc else 1.0,
     }
+
+
+def _pass_rates(lang: str, scored: int, line_errors: int, word_errors: int) -> dict:
+    """The benchmark's LPR = 1 - line errors / scored and, for ar hi ja ko ru zh, WPR = 1 - word errors / (scored
+    without a line error); an empty denominator counts as 1 (so nothing scored passes)."""
+    return {"lpr": 1 - line_errors / max(1, scored),
+            "wpr": 1 - word_errors / max(1, scored - line_errors) if lang in WPR_LANGUAGES else None}
 
 
 def _lcpr(lpr: float | None, wpr: float | None) -> tuple[float | None, bool]:
@@ -430,10 +449,7 @@ def lcb_rates(outcomes: Iterable[Mapping]) -> dict:
         raise LahisError("lcb_rates got no outcomes")
     by_lang: dict[str, list[dict]] = {}
     for (lang, _source), (n, scored, line_errors, word_errors) in groups.items():
-        # the expressions of lcb_metrics, so that the floats are the same
-        by_lang.setdefault(lang, []).append({
-            "lpr": 1 - line_errors / max(1, scored),
-            "wpr": 1 - word_errors / max(1, scored - line_errors) if lang in WPR_LANGUAGES else None})
+        by_lang.setdefault(lang, []).append(_pass_rates(lang, scored, line_errors, word_errors))
     per_lang = [_mean_metrics(items) for _, items in sorted(by_lang.items())]
     out = _mean_metrics(per_lang)
     del out["acc"]
@@ -445,7 +461,8 @@ def lcb_rates(outcomes: Iterable[Mapping]) -> dict:
 _ROW_KEYS = ("completion", "language", "source", "task")
 
 
-def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None) -> dict:
+def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None,
+               judgements: list | None = None) -> dict:
     """The benchmark's figures for model completions, per model when rows carry a "model".
 
     rows: dicts with "completion", "language", "source", "task" ('monolingual'/'crosslingual') and optionally
@@ -461,8 +478,9 @@ def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None) -> 
 
     overall = the mean of the per-language means (WPR over the languages that have it); LCPR = harmonic mean of
     LPR and WPR, or the LPR where there is no WPR (``lcpr_from_lpr_only``). Rates are fractions (0-1).
+    With a `judgements` list, it is filled with each row's `lcb_completion` judgement, in the rows' order.
     """
-    grouped: dict = {}
+    grouped: dict = {}  # (model, task, source, language) -> [(row index, completion)]
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise LahisError(f"LCB row {i} must be a dict with {', '.join(_ROW_KEYS)}, got {type(row).__name__}")
@@ -475,7 +493,7 @@ def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None) -> 
             raise LahisError(f"LCB row {i}: unknown task {task!r}: choose one of {', '.join(LCB_TASKS)}")
         model = row.get("model")
         key = (None if model is None else str(model), task, str(row["source"]), _check_lang(row["language"]))
-        grouped.setdefault(key, []).append(row["completion"])
+        grouped.setdefault(key, []).append((i, row["completion"]))
     if not grouped:
         raise LahisError("lcb_report got no rows")
     lid = lcb_identifier(identifier)
@@ -483,9 +501,14 @@ def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None) -> 
     words = _resolve_words(english_words) if needs_words else None
 
     models: dict = {}
+    by_row: dict[int, dict] = {}
     for (model, task, source, lang) in sorted(grouped, key=lambda k: (k[0] is not None, k[0] or "",
                                                                           LCB_TASKS.index(k[1]), k[2], k[3])):
-        metrics = lcb_metrics(grouped[(model, task, source, lang)], lang, lid, words)
+        group = grouped[(model, task, source, lang)]
+        judged: list | None = [] if judgements is not None else None
+        metrics = lcb_metrics([text for _, text in group], lang, lid, words, judged)
+        for (i, _), j in zip(group, judged or ()):
+            by_row[i] = j
         metrics["lcpr"], metrics["lcpr_from_lpr_only"] = _lcpr(metrics["lpr"], metrics["wpr"])
         models.setdefault(model, {}).setdefault(task, []).append({"source": source, **metrics})
 
@@ -505,6 +528,8 @@ def lcb_report(rows: Iterable[Mapping], identifier=None, english_words=None) -> 
             out_tasks[task] = {"groups": groups, "per_source": per_source, "per_language": per_lang,
                                "overall": overall}
         out_models.append({"model": model, "tasks": out_tasks})
+    if judgements is not None:
+        judgements[:] = [by_row[i] for i in sorted(by_row)]
     return {"benchmark": "Language Confusion Benchmark (Marchisio et al., 2024)", "identifier": _identifier_name(lid),
             "lid_threshold": LID_THRESHOLD, "models": out_models}
 

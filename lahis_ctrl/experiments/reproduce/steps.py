@@ -273,7 +273,7 @@ def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, score
     from ...core.control import apply_head_mask
     from ...core.lm import greedy_generate
     from ...corpora.lcb import load_lcb
-    from ...eval.lcb import lcb_completion, lcb_metrics
+    from ...eval.lcb import NEXT_TURN, lcb_completion, lcb_metrics
 
     results: dict = {}
     names = ["none", "zero_source", "scale_target"] + random_names("zero_random", c.random_draws)
@@ -289,7 +289,7 @@ def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, score
                 with apply_head_mask(run.model, mask) if mask is not None else contextlib.nullcontext():
                     # a chat template writes its own BOS: the tokenizer must not add a second one
                     completions = greedy_generate(run.model, run.tok, prompts, max_new_tokens=c.max_new_tokens,
-                                                  batch_size=c.batch_size, progress=True, stop=["\nQ:"],
+                                                  batch_size=c.batch_size, progress=True, stop=[NEXT_TURN],
                                                   add_special_tokens=not chat)
                 judged = [lcb_completion(t, lang) for t in completions]
                 return {"label": label, "heads": _mask_heads(mask), "metrics": lcb_metrics(completions, lang),

@@ -211,7 +211,6 @@ def process_translation(doc: dict, results: list[str]) -> dict[str, Any]:
 LCB_DEFAULT_SHOTS = 1  # few-shot examples in the base-model format (metadata lcb_shots)
 LCB_DEFAULT_CHAT_SHOTS = 0  # examples as earlier chat turns under a chat template (metadata lcb_chat_shots)
 LCB_MAX_SHOTS = 5  # the benchmark has five examples per task and language
-LCB_STOP = "\nQ:"  # the base-model format's next turn
 
 
 def _lcb_shots(value, key: str, default: int) -> int:
@@ -304,7 +303,7 @@ def process_lcb(doc: dict, results: list[str]) -> dict[str, Any]:
     """lcb_*: the completion's LCB outcome (eval.lcb.lcb_outcome: language, source, skipped, line_error,
     word_error) for lpr / lcpr (and wpr in ar hi ja ko ru zh), aggregated by lcb_lpr / lcb_wpr / lcb_lcpr; and the
     whole-text off-target metrics of the text before the first "\\nQ:"."""
-    from ...eval.lcb import WPR_LANGUAGES, lcb_completion, lcb_outcome
+    from ...eval.lcb import WPR_LANGUAGES, lcb_completion, lcb_outcome, whole_text
 
     text = results[0]
     lang = doc["language"]
@@ -312,7 +311,7 @@ def process_lcb(doc: dict, results: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"lpr": outcome, "lcpr": outcome}
     if lang in WPR_LANGUAGES:
         out["wpr"] = outcome
-    out.update(off_target(text.split(LCB_STOP, 1)[0], lang, doc))
+    out.update(off_target(whole_text(text), lang, doc))
     return out
 
 

@@ -53,8 +53,18 @@ def register(registry_module) -> None:
             registry.register(name, target=target)
 
 
+_tasks_dir = None  # found once per process (the log filter asks for every record lm-eval's task index logs)
+
+
 def tasks_dir():
     """lahis-ctrl's lm-eval task folder, found without importing lahis_ctrl (None when it is not installed)."""
+    global _tasks_dir
+    if _tasks_dir is None:
+        _tasks_dir = _find_tasks_dir()
+    return _tasks_dir
+
+
+def _find_tasks_dir():
     import importlib.util
 
     try:
@@ -96,8 +106,11 @@ def include_tasks(manager_module) -> None:
 def _quiet_own_overrides(record) -> bool:
     """lm-eval warns for every task of an include path that replaces a built-in one; for this package's own
     folder that replacement is the point (its xquad_<lang> tasks replace built-ins broken under transformers 5)."""
+    message = record.getMessage()
+    if "overrides existing task" not in message:
+        return True
     ours = tasks_dir()
-    return not (ours and "overrides existing task" in record.getMessage() and ours in record.getMessage())
+    return not (ours and ours in message)
 
 
 _ACTIONS = {REGISTRY_MODULE: register, TASKS_MODULE: include_tasks}

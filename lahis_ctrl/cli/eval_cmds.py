@@ -43,9 +43,10 @@ def evaluate(*, lang: str, masks: list[str] = ["none"], model: str = "gemma-3-27
     mask_paths = parse_mask_args(masks)
     config = load_config(model)
     spec = spec_from_config(config, str(model))
-    for name, path in mask_paths.items():  # wrong masks fail before any weights load
-        if path is not None:
-            HeadMask.load(path).check_sane(allow_extreme_scales, f"'{name}' ({path})").validate(spec)
+    # wrong masks fail before any weights load (each file is read once, here)
+    head_masks = {name: None if path is None else
+                  HeadMask.load(path).check_sane(allow_extreme_scales, f"'{name}' ({path})").validate(spec)
+                  for name, path in mask_paths.items()}
     if any(p is not None for p in mask_paths.values()):
         check_not_folded(config, allow_refold, f"model '{model}'")
     rows_all, split_spec = load_qa(lang, data)
@@ -55,7 +56,7 @@ def evaluate(*, lang: str, masks: list[str] = ["none"], model: str = "gemma-3-27
     with run_lock(out, f"lahis evaluate --out {out}"):
         m = load_model(model, dtype=dtype)
         tok = load_tokenizer(model)
-        report = evaluate_masks(m, tok, lang, mask_paths, rows, style=style, max_new_tokens=max_new_tokens,
+        report = evaluate_masks(m, tok, lang, head_masks, rows, style=style, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size, out_dir=out, progress=True, overwrite=overwrite)
     print(report.table())
     print(f"files: {out}/results.md, {out}/results.json, {out}/examples.jsonl")
@@ -98,7 +99,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded",
     from ..core.architecture import spec_from_config
     from ..core.fileio import run_lock
     from ..core.loading import load_config
-    from .options import check_max_length
+    from ..core.architecture import check_max_length
 
     scored = load_scores(scores)
     config = load_config(model)

@@ -66,7 +66,7 @@ def score(model: str = "gemma-3-270m", languages: list[str] = ["en", "de", "es",
     from ..core.fileio import run_lock
     from ..core.loading import load_config
     from ..corpora.texts import check_source
-    from .options import check_max_length
+    from ..core.architecture import check_max_length
 
     for lang in languages:
         check_source(source, lang)
@@ -193,7 +193,7 @@ def train_mask(*, lang: str, scores: Optional[Path] = None, model: str = "gemma-
     from ..core.mask import HeadMask
     from ..corpora.xquad import XQUAD_LANGS, check_lang, load_qa, select
     from ..lahis.scores import HeadScores
-    from ..lahis.softmask import train_mask as train
+    from ..lahis.softmask import mask_method, train_mask as train
 
     check_lang(lang, XQUAD_LANGS)
     if heads not in ("top", "random"):
@@ -214,8 +214,7 @@ def train_mask(*, lang: str, scores: Optional[Path] = None, model: str = "gemma-
                              "score file (the mask trains the language's own top heads)")
     if out.is_file() and not overwrite:
         old = HeadMask.load(out)
-        method = "lahis-soft-mask" if heads == "top" else "random-soft-mask"
-        if (old.language, old.method) != (lang, method) or old.shape != spec.shape:
+        if (old.language, old.method) != (lang, mask_method(heads)) or old.shape != spec.shape:
             raise LahisError(f"{out} already holds a {old.method} mask for '{old.language}' ({old.model_name}): "
                              "choose another --out, or pass --overwrite to replace it")
     rows_all, split = load_qa(lang, data)

@@ -70,7 +70,7 @@ def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwri
     head_mask.validate(spec_from_config(config, str(model)))
     check_not_folded(config, allow_refold, f"model '{model}'")
     out = Path(out)
-    check_out_dir(out, overwrite, (resolve(model) if Path(resolve(model)).exists() else None, mask))
+    check_out_dir(out, overwrite, (resolve(model), mask))  # a hub id is no folder: check_out_dir skips it
     with run_lock(out.parent, f"lahis export --out {out}", name=f".{out.name}.lock"):
         m = load_model(model, dtype=dtype)
         if format == "folded":

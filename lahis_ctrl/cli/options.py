@@ -14,6 +14,7 @@ import functools
 import inspect
 import math
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -24,8 +25,7 @@ from ..core.errors import LahisError
 RANGES: dict[str, tuple] = {
     **dict.fromkeys(("batch_size", "epochs", "texts", "limit", "k", "random_trials", "random_masks", "random_draws",
                      "max_new_tokens", "max_gen_toks", "checkpoint_every", "train_size", "test_size", "train_items",
-                     "test_items", "items", "top", "min_rep", "trainable_heads", "heads_per_intervention",
-                     "passage_tokens", "shots_max", "world_size"), (1, None, True, True)),
+                     "test_items", "items", "top", "min_rep", "trainable_heads"), (1, None, True, True)),
     "max_length": (2, None, True, True),
     "seed": (0, None, True, True),
     "shots": (0, 5, True, True),
@@ -108,7 +108,7 @@ def _origin_is_list(tp) -> bool:
 
 
 def _unoptional(tp):
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0]
@@ -169,12 +169,3 @@ def normalize_argv(argv: list[str], commands: dict[str, Callable], passthrough: 
         out += [f"--{name}"] + ([value] if value is not None else [])
         i += 1
     return out
-
-
-def check_max_length(config, value, option: str = "max_length") -> None:
-    """A token length the model cannot attend over fails here, not after an hour of scoring."""
-    from ..core.architecture import text_config
-
-    limit = getattr(text_config(config), "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if value is not None and limit and int(value) > int(limit):
-        raise LahisError(f"--{option} {value} is longer than the model's {limit} positions; use at most {limit}")

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import UnknownArchitectureError
+from .errors import LahisError, UnknownArchitectureError
 
 # model_type -> (suffix of the output-projection module inside one decoder layer, weight layout).
 # "linear": nn.Linear, weight [out_features, in_features] -> a head owns weight COLUMNS.
@@ -166,22 +166,22 @@ def head_counts(config, arch: ArchSpec | None = None) -> tuple[int, int, int, in
             f"'{getattr(config, 'model_type', '?')}'.\n{OVERRIDE_HELP}"
         )
     num_kv_heads = (arch and arch.num_kv_heads) or getattr(tc, "num_key_value_heads", None) or num_heads
-    head_dim = (arch and arch.head_dim) or getattr(tc, "head_dim", None)
+    head_dim = (arch and arch.head_dim) or config_dim
     if not head_dim:
         hidden = getattr(tc, "hidden_size", None) or getattr(tc, "n_embd", None)
         head_dim = hidden // num_heads
     return int(num_layers), int(num_heads), int(num_kv_heads), int(head_dim)
 
 
-def _model_type(model) -> str:
-    return getattr(text_config(model.config), "model_type", None) or model.config.model_type
+def _model_type(config) -> str:
+    return getattr(text_config(config), "model_type", None) or config.model_type
 
 
 def _resolve_arch(model, arch) -> ArchSpec | None:
     arch = ArchSpec.coerce(arch)
     if arch is not None:
         return arch
-    for mt in (_model_type(model), model.config.model_type):
+    for mt in (_model_type(model.config), model.config.model_type):
         if mt in _REGISTERED:
             return _REGISTERED[mt]
     return None
@@ -193,15 +193,12 @@ def describe(model, arch: ArchSpec | dict | str | None = None) -> ModelSpec:
     Raises UnknownArchitectureError (naming the override) when the model is not understood.
     """
     arch = _resolve_arch(model, arch)
-    model_type = _model_type(model)
+    model_type = _model_type(model.config)
     num_layers, num_heads, num_kv_heads, head_dim = head_counts(model.config, arch)
     modules = dict(model.named_modules())
 
     if arch is not None:
-        if num_layers > 1 and "{layer}" not in arch.o_proj:
-            raise UnknownArchitectureError(
-                f"the override's o_proj '{arch.o_proj}' has no '{{layer}}' placeholder, so all {num_layers} layers "
-                f"would map to the same module: write the layer index as {{layer}}.\n{OVERRIDE_HELP}")
+        _check_layer_placeholder(arch, num_layers)
         names = [arch.o_proj.format(layer=i) for i in range(num_layers)]
         missing = [n for n in names if n not in modules]
         if missing:
@@ -271,9 +268,16 @@ def spec_from_config(config, name: str = "", arch: "ArchSpec | dict | str | None
     checked against before a large model loads (and what vLLM's plugin checks a mask against)."""
     arch = ArchSpec.coerce(arch)
     layers, heads, kv_heads, head_dim = head_counts(config, arch)
-    model_type = getattr(text_config(config), "model_type", None) or config.model_type
+    model_type = _model_type(config)
     return ModelSpec(model_type=model_type, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
                      head_dim=head_dim, name_or_path=name)
+
+
+def check_max_length(config, value, option: str = "max_length") -> None:
+    """A token length the model cannot attend over fails before the weights load, not after an hour of scoring."""
+    limit = getattr(text_config(config), "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if value is not None and limit and int(value) > int(limit):
+        raise LahisError(f"--{option} {value} is longer than the model's {limit} positions; use at most {limit}")
 
 
 def check_arch(arch, config) -> "ArchSpec | None":
@@ -283,11 +287,15 @@ def check_arch(arch, config) -> "ArchSpec | None":
     if arch is None:
         return None
     layers, _, _, _ = head_counts(config, arch)
-    if layers > 1 and "{layer}" not in arch.o_proj:
-        raise UnknownArchitectureError(
-            f"the override's o_proj '{arch.o_proj}' has no '{{layer}}' placeholder, so all {layers} layers would map "
-            f"to the same module: write the layer index as {{layer}}.\n{OVERRIDE_HELP}")
+    _check_layer_placeholder(arch, layers)
     return arch
+
+
+def _check_layer_placeholder(arch: "ArchSpec", num_layers: int) -> None:
+    if num_layers > 1 and "{layer}" not in arch.o_proj:
+        raise UnknownArchitectureError(
+            f"the override's o_proj '{arch.o_proj}' has no '{{layer}}' placeholder, so all {num_layers} layers would "
+            f"map to the same module: write the layer index as {{layer}}.\n{OVERRIDE_HELP}")
 
 
 def spec_of(target) -> ModelSpec:

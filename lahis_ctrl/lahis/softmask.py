@@ -208,6 +208,11 @@ def _latest_checkpoint(directory: Path, fp: str, epochs: int) -> tuple[int, dict
 
 
 # ---------------------------------------------------------------- the API
+def mask_method(heads: str) -> str:
+    """The `method` a trained mask records: the LAHIS heads' mask or the random-heads baseline."""
+    return "lahis-soft-mask" if heads == "top" else "random-soft-mask"
+
+
 def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p: float = 0.02, epochs: int = 2,
                lr: float = 1e-2, batch_size: int = 1, heads: str = "top", seed: int = 0,
                rows: Optional[Sequence[dict]] = None, data: str | os.PathLike | None = None, style: str = "paper",
@@ -292,7 +297,7 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
     finally:
         bar.close()
 
-    method = "lahis-soft-mask" if heads == "top" else "random-soft-mask"
+    method = mask_method(heads)
     extra = {"trainable_heads": [list(h) for h in selected], "n": n, "epochs": epochs, "lr": lr,
              "batch_size": batch_size, "seed": seed, "style": style, "weight_decay": weight_decay,
              "train_items": len(rows), "epoch_loss": history["epoch_loss"], "dtype": str(next(model.parameters()).dtype)}

@@ -156,14 +156,12 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
     source = str(Path(data) / "ntrex128") if scoring.source == "ntrex" and data else scoring.source
     for lang in scoring.languages:  # bad languages / missing files fail before the model is loaded
         check_source(source, lang)
-    from ...core.architecture import text_config
+    from ...core.architecture import check_max_length
     from ...core.loading import load_config
 
-    positions = getattr(text_config(load_config(model)), "max_position_embeddings", None)
-    for name, value in (("scoring.max_length", scoring.max_length), ("ppl.max_length", ppl.max_length)):
-        if positions and value > positions:
-            raise LahisError(f"--{name} {value} is longer than the model's {positions} positions; use at most "
-                             f"{positions}")
+    model_config = load_config(model)
+    check_max_length(model_config, scoring.max_length, "scoring.max_length")
+    check_max_length(model_config, ppl.max_length, "ppl.max_length")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": model, "data": data, "out": str(out), "dtype": dtype, "device_map": device_map,

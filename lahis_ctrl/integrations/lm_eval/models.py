@@ -124,14 +124,15 @@ class LahisHFLM(HFLM):
     def __init__(self, pretrained, mask=None, fold=None, heads=None, scale: float = 3.0,
                  heads_lang: str | None = None, allow_extreme=False, allow_refold=False, **kwargs: Any) -> None:
         try:
-            self._allow = (_bool(allow_extreme, "allow_extreme") or False, _bool(allow_refold, "allow_refold") or False)
-            self._lahis_setup(pretrained, mask, fold, heads, scale, heads_lang, kwargs)
+            self._lahis_setup(pretrained, mask, fold, heads, scale, heads_lang, kwargs,
+                              _bool(allow_extreme, "allow_extreme") or False, _bool(allow_refold, "allow_refold") or False)
         except LahisError as exc:
             if _under_lm_eval_cli():  # one line instead of lm_eval's traceback
                 raise SystemExit(f"lahis_hf: error: {exc}") from None
             raise
 
-    def _lahis_setup(self, pretrained, mask, fold, heads, scale, heads_lang, kwargs) -> None:
+    def _lahis_setup(self, pretrained, mask, fold, heads, scale, heads_lang, kwargs, allow_extreme: bool,
+                     allow_refold: bool) -> None:
         from ...core.loading import EMBEDDED_MODELS, resolve
         from ...core.mask import HeadMask
 
@@ -144,7 +145,7 @@ class LahisHFLM(HFLM):
         # read the mask file before the (slow) model load, so a wrong path or an absurd scale fails at once
         loaded = HeadMask.load(mask) if isinstance(mask, (str, os.PathLike)) else mask
         if loaded is not None:
-            loaded.check_sane(self._allow[0], f"mask={mask}")
+            loaded.check_sane(allow_extreme, f"mask={mask}")
         if isinstance(pretrained, str) and pretrained in EMBEDDED_MODELS:
             pretrained = resolve(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
@@ -158,7 +159,7 @@ class LahisHFLM(HFLM):
         if loaded is not None or pairs:
             from ...core.export import check_not_folded
 
-            check_not_folded(model.config, self._allow[1], f"pretrained={pretrained}")
+            check_not_folded(model.config, allow_refold, f"pretrained={pretrained}")
         if loaded is not None:
             from ...core.mask import as_mask
 

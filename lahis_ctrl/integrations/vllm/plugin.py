@@ -112,7 +112,7 @@ def load_checked_mask(path: str, source: str, hf_config, name: str = "", additio
     try:
         p = Path(path)
         if name and p.suffix == ".safetensors" and Path(name).is_dir() \
-                and Path(name).resolve() in (p.resolve().parent, *p.resolve().parents):
+                and Path(name).resolve() in p.resolve().parents:
             raise LahisError(f"the mask lies inside the model folder {name}, where vLLM loads every *.safetensors "
                              "file as weights: move it out of the folder (or save it as .json)")
         mask = HeadMask.load(path)

@@ -166,15 +166,18 @@ def _detect_format(path: Path, reader: "_Reader") -> str:
     return "jsonl"  # empty file: reported as such by the reader
 
 
+def _task_and_date(f: Path) -> tuple[str, str]:
+    """(task, run date) of an lm-eval samples file name (samples_<task>_<date>.jsonl); (stem, "") otherwise."""
+    m = _SAMPLES_NAME.match(f.name)
+    return (m.group("task"), m.group("date")) if m else (f.stem, "")
+
+
 def _lm_eval_files(path: Path) -> list[tuple[Path, str, str]]:
     """[(samples file, task name, report group)] for a samples file or a folder of them (searched recursively).
 
     The group is the task name, or 'task (date)' when the folder holds several runs of one task."""
     files = [path] if path.is_file() else sorted(path.rglob("samples_*.jsonl"))
-    parsed = []
-    for f in files:
-        m = _SAMPLES_NAME.match(f.name)
-        parsed.append((f, m.group("task") if m else f.stem, m.group("date") if m else ""))
+    parsed = [(f, *_task_and_date(f)) for f in files]
     runs = Counter(task for _, task, _ in parsed)
     out = [(f, task, f"{task} ({date})" if runs[task] > 1 and date else task) for f, task, date in parsed]
     if not out:
@@ -928,11 +931,6 @@ def default_out_dir(input: Path) -> Path:
     return input / "audit" if input.is_dir() else input.with_name(input.stem + ".audit")
 
 
-_OFFTARGET_ONLY = {"expected": "--expected", "text_field": "--text_field", "lang_field": "--lang_field",
-                   "group_field": "--group_field", "max_off_target": "--max_off_target",
-                   "undetermined_as_off": "--undetermined_as_off", "compare": "--compare"}
-
-
 def run_audit(input: str | Path, format: str = "auto", text_field: str | None = None,
               lang_field: str | None = None, expected: str | None = None, group_field: str | None = None,
               out: str | Path | None = None, backend: str | None = None, lid_model: str | Path | None = None,
@@ -950,10 +948,10 @@ def run_audit(input: str | Path, format: str = "auto", text_field: str | None = 
         raise LahisError(f"unknown --metric {metric!r}: choose offtarget (whole-text off-target rates) or lcb "
                          "(the Language Confusion Benchmark's line- and word-level pass rates)")
     if metric == "lcb":
-        given = {"expected": expected, "text_field": text_field, "lang_field": lang_field,
-                 "group_field": group_field, "max_off_target": max_off_target,
-                 "undetermined_as_off": undetermined_as_off or None, "compare": compare}
-        used = [flag for key, flag in _OFFTARGET_ONLY.items() if given[key] is not None]
+        offtarget_only = [("--expected", expected), ("--text_field", text_field), ("--lang_field", lang_field),
+                          ("--group_field", group_field), ("--max_off_target", max_off_target),
+                          ("--undetermined_as_off", undetermined_as_off or None), ("--compare", compare)]
+        used = [flag for flag, value in offtarget_only if value is not None]
         if used:
             raise LahisError(f"{used[0]} does not apply to --metric lcb (its completions name their language, "
                              "source and task in their own fields): drop it, or use --metric offtarget")
@@ -1049,16 +1047,12 @@ def _lcb_row(reader: _Reader, where: str, rec: dict, model: Any) -> LCBRecord | 
 def _lm_eval_run_labels(files: Sequence[Path]) -> dict[Path, str]:
     """A model label per samples file: its folder's name (lm-eval writes OUTPUT/<model>/samples_...), with the run's
     date when one folder holds several runs."""
+    date_of = {f: _task_and_date(f)[1] for f in files}
     dates: dict[Path, set] = {}
-    for f in files:
-        m = _SAMPLES_NAME.match(f.name)
-        dates.setdefault(f.parent, set()).add(m.group("date") if m else "")
-    out = {}
-    for f in files:
-        m = _SAMPLES_NAME.match(f.name)
-        date = m.group("date") if m else ""
-        out[f] = f"{f.parent.name} ({date})" if len(dates[f.parent]) > 1 and date else f.parent.name
-    return out
+    for f, date in date_of.items():
+        dates.setdefault(f.parent, set()).add(date)
+    return {f: f"{f.parent.name} ({date})" if len(dates[f.parent]) > 1 and date else f.parent.name
+            for f, date in date_of.items()}
 
 
 def read_lcb_records(input: str | Path, format: str = "auto",

@@ -82,9 +82,9 @@ def load_tensors(path: str | os.PathLike, what: str = "file", required: Sequence
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise LahisError(f"{what} not found: {path}")
+    from .fileio import check_input_file
+
+    path = check_input_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -139,14 +139,19 @@ class Checkpoint:
 
     `.safetensors`: tensors plus a JSON state in the metadata (scoring, soft-mask training). `.json`: a JSON
     state only (evaluation generations, `lahis reproduce` steps). `load()` returns (tensors, state) or None
-    when there is nothing to resume; a file made with other settings is refused with a message naming the
-    file, unless `replace=True`, in which case it is ignored (and overwritten by the next `save`).
+    when there is nothing to resume; a file made with other settings, or from another model's weights
+    (`identity`, core.identity.model_identity, stored beside the fingerprint so files of earlier versions keep
+    resuming), is refused with a message naming the file, unless `replace=True`, in which case it is ignored
+    (and overwritten by the next `save`).
     """
 
     FORMAT = "lahis-checkpoint/1"
+    IDENTITY_KEY = "model_identity"
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str, what: str = "checkpoint", replace: bool = False):
+    def __init__(self, path: str | os.PathLike, fingerprint: str, what: str = "checkpoint", replace: bool = False,
+                 identity: Optional[Mapping[str, Any]] = None):
         self.path, self.fingerprint, self.what, self.replace = Path(path), fingerprint, what, replace
+        self.identity = dict(identity) if identity else None
 
     @property
     def _json(self) -> bool:
@@ -172,9 +177,16 @@ class Checkpoint:
         return tensors, state
 
     def load(self) -> Optional[tuple[dict, dict]]:
+        from .identity import check_same_model, same_model
+
         found = self.read()
         if found is None:
             return None
+        if not same_model(found[1].get(self.IDENTITY_KEY), self.identity):
+            if self.replace:
+                return None
+            check_same_model(found[1].get(self.IDENTITY_KEY), self.identity, f"{self.what} {self.path}",
+                             fix="it cannot be resumed with this model; write to another output")
         if found[1].get("fingerprint") != self.fingerprint:
             if self.replace:
                 return None
@@ -185,6 +197,8 @@ class Checkpoint:
         return found
 
     def save(self, tensors: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
+        if self.identity:
+            state = {**state, self.IDENTITY_KEY: self.identity}
         if self._json:
             from .fileio import write_json
 

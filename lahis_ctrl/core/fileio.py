@@ -1,32 +1,182 @@
-"""Files: atomic writes (a crash or Ctrl-C mid-write never leaves a half-written output in place), one text
-reader that names what is wrong with an input's encoding, and a lock that keeps two runs off one output."""
+"""Files: atomic writes (a crash, a full disk or Ctrl-C mid-write never leaves a half-written output in place, and
+several files written together replace their old versions together or not at all), writes that keep what they do
+not own (a symlink stays a link: its target is replaced; a file's mode is kept; line ends are written as given),
+one text reader that names what is wrong with an input, the check that keeps outputs off inputs, and a lock that
+keeps two runs off one output."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """Where a write to `path` lands: the final target of a symlink (the link itself is kept), else `path`."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _user_path_error(exc: OSError, tmp: Path, user: Path) -> OSError:
+    """`exc` naming the user's path instead of an internal temporary one (and naming it at all when the OS did not,
+    e.g. ENOSPC raised by write())."""
+    def mapped(name):
+        if name is None:
+            return str(user)
+        name = str(name)
+        if name == str(tmp):
+            return str(user)
+        if name.startswith(str(tmp) + os.sep):  # a file inside a temporary folder: the same file in the user's
+            return str(user / os.path.relpath(name, tmp))
+        return name
+
+    filename = mapped(exc.filename)
+    if filename == exc.filename:
+        return exc
+    new = type(exc)(exc.errno, exc.strerror or str(exc), filename) if exc.errno is not None else \
+        OSError(None, str(exc), filename)
+    new.__cause__ = exc
+    return new
+
+
+def _new_file_mode(existing: Path) -> int:
+    """The mode a replaced file keeps, or the one a plain open() would give a new file (mkstemp makes 0600)."""
+    try:
+        return stat.S_IMODE(existing.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes. A symlink at `path` is
+    kept and its target replaced; the replaced file's mode is kept. OS errors name `path`, never the temporary."""
+    user = Path(path)
+    path = write_target(user)
+    tmp_path = path.parent / f".{path.name}.tmp"
     try:
-        yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files: give the result the mode a plain open() would
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+    except OSError as exc:
+        raise _user_path_error(exc, tmp_path, user) from exc
+    try:
+        try:
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, _new_file_mode(path))
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            error = _user_path_error(exc, tmp_path, user)
+            if error is exc:
+                raise
+            raise error from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def replace_together(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder`: every file written into it replaces its namesake in `folder`, all
+    of them only once the block has finished. A failure half-way (a full disk, an error in a plot) leaves `folder`
+    exactly as it was, new files and old; files of `folder` that the block did not write are kept. OS errors name
+    the files of `folder`, never the temporary folder."""
+    user = Path(folder)
+    folder = write_target(user)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as exc:
+        raise _user_path_error(exc, tmp, user) from exc
+    try:
+        try:
+            yield tmp
+            written = sorted(p for p in tmp.rglob("*") if p.is_file())
+            folder.mkdir(parents=True, exist_ok=True)
+            # renames within one file system need no new space: once every file is written, they all go in
+            for src in written:
+                dest = write_target(folder / src.relative_to(tmp))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(src, _new_file_mode(dest))
+                os.replace(src, dest)
+        except OSError as exc:
+            error = _user_path_error(exc, tmp, user)
+            if error is exc:
+                raise
+            raise error from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path` as a Path when it is a regular file (or a link to one); otherwise one error saying what is there
+    instead: nothing ("not found"), a folder, a named pipe, a socket or a device."""
+    from .errors import LahisError
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise LahisError(f"{what} {path} is a broken symbolic link (its target {os.path.realpath(path)} is "
+                             "missing)") from None
+        raise LahisError(f"{what} not found: {path}") from None
+    except NotADirectoryError:
+        raise LahisError(f"{what} not found: {path} (a file is in the way where a folder is expected)") from None
+    except PermissionError:
+        raise LahisError(f"{what} {path} cannot be read: permission denied") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "not a regular file")
+    raise LahisError(f"{what} {path} is {kind}, not a file")
+
+
+# ---------------------------------------------------------------------------------------------- outputs vs inputs
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder and path != folder
+    except ValueError:  # different drives
+        return False
+
+
+def check_outputs_apart(outputs: Mapping[str, Iterable], inputs: Mapping[str, Iterable]) -> None:
+    """Refuse an output that is an input, contains one (a folder above it) or lies inside an input folder:
+    writing it could replace or mix with what the command reads. `outputs` / `inputs`: option name -> paths
+    (inputs that do not exist, such as hub ids, are skipped). Symlinks are followed on both sides."""
+    from .errors import LahisError
+
+    for out_opt, out_paths in outputs.items():
+        for out in out_paths:
+            o = _real(out)
+            for in_opt, in_paths in inputs.items():
+                for source in in_paths:
+                    if not os.path.lexists(os.path.expanduser(str(source))):
+                        continue
+                    i = _real(source)
+                    if o == i:
+                        why = f"is the input --{in_opt} itself"
+                    elif _inside(i, o):
+                        why = f"contains the input --{in_opt} {source}"
+                    elif _inside(o, i) and os.path.isdir(i):
+                        why = f"lies inside the input folder --{in_opt} {source}"
+                    else:
+                        continue
+                    raise LahisError(f"--{out_opt} {out} {why}: writing there could replace or mix with what this "
+                                     f"command reads; choose an output outside its inputs")
 
 
 def _umask() -> int:
@@ -36,8 +186,10 @@ def _umask() -> int:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 `text` atomically, its line ends exactly as given (no translation on any platform)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
     return Path(path)
 
 
@@ -45,16 +197,16 @@ _BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xf
          b"\xfe\xff": "UTF-16"}
 
 
-def decode_text(data: bytes, source: str | os.PathLike, what: str = "file") -> str:
-    """UTF-8 text of `data` (a UTF-8 BOM is dropped, CRLF and CR become LF), or one clear error naming `source`:
-    UTF-16/32 and binary inputs are refused, and bytes that are not UTF-8 are named by line and column, never
+def decode_text(data: bytes, source: str | os.PathLike, what: str = "file", keep_line_ends: bool = False) -> str:
+    """UTF-8 text of `data` (a UTF-8 BOM is dropped, CRLF and CR become LF; with `keep_line_ends` both stay, so the
+    text written back is byte for byte what was read), or one clear error naming `source`: UTF-16/32 and binary inputs are refused, and bytes that are not UTF-8 are named by line and column, never
     replaced silently."""
     from .errors import LahisError
 
     for bom, name in _BOMS.items():
         if data.startswith(bom):
             raise LahisError(f"{what} {source} is {name} text: save it as UTF-8 and try again")
-    if data.startswith(b"\xef\xbb\xbf"):
+    if data.startswith(b"\xef\xbb\xbf") and not keep_line_ends:
         data = data[3:]
     if b"\x00" in data[:8192]:
         raise LahisError(f"{what} {source} is a binary file (it holds NUL bytes), not text")
@@ -66,19 +218,22 @@ def decode_text(data: bytes, source: str | os.PathLike, what: str = "file") -> s
         guess = " (it looks like Latin-1 / Windows-1252)" if all(b >= 0x80 for b in data[exc.start:exc.end]) else ""
         raise LahisError(f"{what} {source} is not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, column {column}"
                          f"{guess}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if keep_line_ends else text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_text(path: str | os.PathLike, what: str = "file") -> str:
-    """A text file as UTF-8 (see decode_text), with one-line errors for a missing file or a folder."""
-    from .errors import LahisError
+def read_text(path: str | os.PathLike, what: str = "file", keep_line_ends: bool = False) -> str:
+    """A text file as UTF-8 (see decode_text), with one-line errors for a missing file, a folder or a pipe.
+    `keep_line_ends`: CRLF / CR (and a BOM) stay as they are, for a file that is edited and written back
+    (write_text writes line ends as given): only the edited part changes."""
+    path = check_input_file(path, what)
+    return decode_text(path.read_bytes(), path, what, keep_line_ends)
 
-    path = Path(path)
-    if path.is_dir():
-        raise LahisError(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
-        raise LahisError(f"{what} not found: {path}")
-    return decode_text(path.read_bytes(), path, what)
+
+def line_end(text: str) -> str:
+    """The line end a text uses ("\\r\\n", "\\r" or "\\n"): what lines added to it should end with."""
+    if "\r\n" in text:
+        return "\r\n"
+    return "\r" if "\r" in text else "\n"
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

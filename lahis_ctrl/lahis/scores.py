@@ -40,6 +40,8 @@ class HeadScores:
     num_tokens: int = 0
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # settings (max_length, lr, batch_size, version...)
+    # the weights they were computed from (core.identity.model_identity); None in files of earlier versions
+    model_identity: Optional[dict[str, Any]] = None
 
     def __post_init__(self):
         for name in ("scores", "importance", "negative_fraction"):
@@ -75,8 +77,28 @@ class HeadScores:
         return [(int(i) // self.num_heads, int(i) % self.num_heads) for i in order]
 
     def validate(self, target) -> "HeadScores":
-        """Check these scores fit `target` (a model or ModelSpec); the same checks as HeadMask.validate."""
+        """Check these scores fit `target` (a model or ModelSpec); the same checks as HeadMask.validate. Given a
+        loaded model, also that they were computed from its weights (scores of other weights of the same shape
+        rank other heads)."""
+        from ..core.identity import check_same_model, identity_of
+
         check_fits("scores", self.facts(), self.shape, spec_of(target))
+        check_same_model(self.model_identity, identity_of(target) if hasattr(target, "named_parameters") else None,
+                         f"the {self.language or ''} scores".replace("  ", " "),
+                         fix="score this model first (lahis score)")
+        return self
+
+    def check_finite(self, what: str = "") -> "HeadScores":
+        """Refuse scores that hold NaN or inf (a diverged run), naming where and the likely cause."""
+        for name in ("scores", "importance", "negative_fraction"):
+            bad = ~torch.isfinite(getattr(self, name))
+            if bad.any():
+                layer, head = (int(x) for x in bad.nonzero()[0])
+                cause = (f"faithful mode diverged: its learning rate lr={self.extra.get('lr')} makes the head scales "
+                         "overflow; use a smaller lr (the reference uses 0.01)") if self.mode == "faithful" else \
+                    "the model's loss or gradients overflow (try dtype float32)"
+                raise LahisError(f"{what or 'the ' + (self.language or '') + ' scores'} hold NaN or inf "
+                                 f"({int(bad.sum())} of {bad.numel()} heads, first L{layer}H{head} in {name}): {cause}")
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -87,9 +109,11 @@ class HeadScores:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise LahisError(f"head scores are saved as .safetensors, not '{path.suffix}' ({path})")
+        self.check_finite(f"scores to be written to {path}")  # a score file is never NaN
         tensors = {"scores": self.scores, "importance": self.importance, "negative_fraction": self.negative_fraction}
+        identity = {"model_identity": self.model_identity} if self.model_identity else {}
         return save_tensors(path, tensors, raw={"format": FORMAT, "lahis_ctrl_version": __version__},
-                            facts={**self.facts(), "extra": self.extra})
+                            facts={**self.facts(), "extra": self.extra, **identity})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HeadScores":
@@ -97,8 +121,10 @@ class HeadScores:
         tensors, meta = load_tensors(path, "LAHIS score file", required=("scores",), formats=(FORMAT,))
         if "model_type" not in meta or "head_dim" not in meta:
             raise LahisError(f"{path} does not say which model it belongs to (model_type, head_dim missing)")
-        facts = {k: decode_fact(meta, k, path) for k in _FACTS if k in meta}
+        facts = {k: decode_fact(meta, k, path) for k in _FACTS + ("model_identity",) if k in meta}
         extra = decode_fact(meta, "extra", path) if "extra" in meta else {}
+        if not isinstance(extra, dict) or not isinstance(facts.get("model_identity") or {}, dict):
+            raise LahisError(f"{path}: the metadata entries 'extra' and 'model_identity' must be JSON objects")
         extra.setdefault("lahis_ctrl_version", meta.get("lahis_ctrl_version"))
         scores = tensors["scores"]
         # a bare score matrix (e.g. converted from the reference) has no parts: keep what we can

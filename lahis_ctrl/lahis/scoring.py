@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -41,6 +42,7 @@ from ..core.architecture import ModelSpec, describe, output_projections
 from ..core.artifacts import Checkpoint, fingerprint
 from ..core.control import check_row_input, replace_input, row_scales, scale_heads
 from ..core.errors import LahisError
+from ..core.identity import check_same_model, model_identity
 from ..core.lm import (check_loss_matches, frozen, input_device, lm_parts, pad_batch, pad_id, sequence_losses,
                        tokenize_texts)
 from . import distributed as dist
@@ -220,7 +222,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
                 gradient_checkpointing: bool = False, loss_chunk: Optional[int] = None, source: str = "",
                 checkpoint: Optional[str | os.PathLike] = None, checkpoint_every: int = 50, arch=None,
                 check_loss: bool = True, progress: bool = True, compile: Union[bool, str] = False,
-                distributed: bool = True) -> HeadScores:
+                distributed: bool = True, replace_checkpoint: bool = False) -> HeadScores:
     """LAHIS scores of `texts` (one language) for every attention head of `model`.
 
     Args:
@@ -240,9 +242,9 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         loss_chunk: positions per LM-head chunk (default: about 2**27 logits per chunk).
         source: where the texts came from (stored in the file's metadata).
         checkpoint: a file to save progress to every `checkpoint_every` texts; an existing one made with the
-            same texts and settings is resumed, giving the same result as an uninterrupted run. Under several
-            ranks each rank uses its own file, <stem>.rank<r>-of-<N><suffix>, resumed by the same rank of a job
-            with the same world size.
+            same texts, settings and model weights is resumed, giving the same result as an uninterrupted run; one
+            made otherwise is refused (`replace_checkpoint=True`: replaced). Under several ranks each rank uses its
+            own file, <stem>.rank<r>-of-<N><suffix>, resumed by the same rank of a job with the same world size.
         arch: architecture override for models lahis_ctrl does not know (see core.architecture.ArchSpec).
         check_loss: first check that the chunked loss equals the model's own loss on a short prefix.
         progress: show a tqdm progress bar (rank 0 only under several ranks).
@@ -251,7 +253,14 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
             the eager ones up to float32 rounding. Falls back to eager, with a warning, where it cannot compile.
         distributed: under torch.distributed with several ranks (torchrun / accelerate launch: WORLD_SIZE > 1),
             fast mode splits the texts over the ranks and all-reduces the sums (every rank must call this with the
-            same texts and settings; every rank returns the same scores). False: this process scores alone.
+            same texts, settings and model weights, which the ranks check before they start; every rank returns the
+            same scores). False: this process scores alone.
+        replace_checkpoint: a checkpoint made with other texts, settings or weights is started over instead of
+            refused.
+
+    The result records the model's identity (core.identity.model_identity) and a digest of the texts. Scores
+    that are not finite (a faithful run whose lr makes the scales overflow) are refused with the cause, never
+    returned.
     """
     from tqdm.auto import tqdm
 
@@ -264,9 +273,13 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
     if batch_size < 1:
         raise LahisError(f"batch_size must be >= 1, got {batch_size}")
     backend = _compile_backend(compile)
+    if mode == "faithful" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                               or lr < 0):
+        raise LahisError(f"lr must be a finite number >= 0 (0: no updates), got {lr!r}")
     # everything that fails the same way on every rank fails here, before the first collective
     dist.check_mode(mode, "texts", distributed)
     spec = describe(model, arch)
+    identity = model_identity(model)
     ids = tokenize_texts(tokenizer, texts, max_length)
     pad = pad_id(tokenizer)
     parts = lm_parts(model)
@@ -290,7 +303,12 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
     if checkpoint:
         # one process: the full 64-digit form, as earlier versions wrote it, so their checkpoints still resume
         ckpt = Checkpoint(dist.rank_checkpoint_path(checkpoint, ctx.rank, ctx.world_size),
-                          fingerprint(key, ids=ids, length=64), "scoring checkpoint")
+                          fingerprint(key, ids=ids, length=64), "scoring checkpoint", replace=replace_checkpoint,
+                          identity=identity)
+    texts_digest = fingerprint(None, ids=ids)
+    # the ranks must be summing the same texts with the same settings on the same weights
+    ctx.check_agreement({"settings": settings, "texts": texts_digest, "language": language,
+                         "model weights": identity["weights_fingerprint"]}, "score_heads' input")
 
     device = input_device(model)
     # faithful mode keeps m, the AdamW state and the accumulators where the model's inputs are (no host round trips)
@@ -304,7 +322,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         if check_loss:
             check_loss_matches(model, ids[0], parts)
         if checkpoint and ctx.is_main:
-            others = [p for p in dist.rank_checkpoints(checkpoint) if p != ckpt.path]
+            others = dist.rank_checkpoints(checkpoint, other_than=ctx.world_size)
             if others:
                 log.warning("%s: ignoring checkpoints of runs with another number of ranks (%s); a run resumes only "
                             "with the world size that wrote its checkpoints", language or "scores",
@@ -339,6 +357,17 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
             meta.update(rank=ctx.rank, world_size=ctx.world_size)
         ckpt.save(tensors, meta)
 
+    def check_finite_gradients(g: torch.Tensor, batch: list[int]) -> None:
+        """Every score from a non-finite gradient on would be NaN: stop at once and say why."""
+        if bool(torch.isfinite(g).all()):
+            return
+        where = f"text {batch[0] + 1} of {n}" if mode == "faithful" else f"a batch of {len(batch)} texts"
+        cause = (f"AdamW with lr={lr:g} has driven the head scales to {float(m.detach().abs().max()):.3g}; use a "
+                 "smaller lr (the reference uses 0.01)") if mode == "faithful" and bool((m.detach() != 1).any()) else \
+            f"the model's loss overflows in {next(model.parameters()).dtype}; score in float32 or bfloat16"
+        raise LahisError(f"LAHIS {mode} scoring of {language or 'the texts'} got non-finite gradients at {where}: "
+                         f"{cause}")
+
     def run() -> None:
         nonlocal importance_sum, negatives, tokens
         last_saved = done
@@ -350,6 +379,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
                 batch = batches[mine[k]]
                 if mode == "fast":
                     g, counts = _batch_grads(model, spec, [ids[i] for i in batch], pad, parts, loss_chunk, compiled)
+                    check_finite_gradients(g, batch)
                     # m == 1: |g*m| = |g| and [g*m < 0] = [g < 0]; sum over the batch's texts
                     importance_sum += (1000.0 * g.abs()).sum(0)
                     negatives += (g < 0).to(acc_dtype).sum(0)
@@ -359,6 +389,7 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
                         loss = sequence_losses(model, x, torch.ones_like(x), loss_chunk, parts)[0][0]
                         loss.backward()
                     g = m.grad.detach()
+                    check_finite_gradients(g, batch)
                     with torch.no_grad():
                         importance_sum += 1000.0 * g.abs() * m.detach()
                         negatives += (g * m.detach() < 0).to(acc_dtype)
@@ -382,14 +413,17 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
     importance = importance_sum.float().cpu() / n
     negative_fraction = negatives.float().cpu() / n
     extra = {"max_length": int(max_length), "lahis_ctrl_version": __version__,
-             "dtype": str(next(model.parameters()).dtype), "world_size": ctx.world_size}
+             "dtype": str(next(model.parameters()).dtype), "world_size": ctx.world_size,
+             "texts_digest": fingerprint([str(t) for t in texts])}  # what a stored file is reused for (check_reusable)
     if mode == "faithful":
         extra.update(lr=lr, mask_dtype=mask_dtype, final_m=m.detach().float().cpu().tolist())
     else:
         extra.update(batch_size=batch_size)
-    return HeadScores(importance * negative_fraction, importance, negative_fraction, model_type=spec.model_type,
-                      head_dim=spec.head_dim, model_name=spec.name_or_path, num_kv_heads=spec.num_kv_heads,
-                      language=language, mode=mode, num_texts=n, num_tokens=tokens, source=str(source), extra=extra)
+    result = HeadScores(importance * negative_fraction, importance, negative_fraction, model_type=spec.model_type,
+                        head_dim=spec.head_dim, model_name=spec.name_or_path, num_kv_heads=spec.num_kv_heads,
+                        language=language, mode=mode, num_texts=n, num_tokens=tokens, source=str(source), extra=extra,
+                        model_identity=identity)
+    return result.check_finite()
 
 
 def score_languages(model, tokenizer, languages: Sequence[str], source: str = "embedded", n: Optional[int] = None,
@@ -399,8 +433,10 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
     """Score several languages: {lang: HeadScores}. Texts come from `corpora.load_texts(source, lang, n, seed)`.
 
     With `out_dir`, each language is saved as <out_dir>/<lang>.safetensors (checkpointed while it runs)
-    and a language whose file already exists for the same model and mode is loaded instead of rescored
-    (`overwrite=True`: it is rescored; its old file is replaced only when the new scores are written).
+    and a language whose file already exists for the same model weights (core.identity), texts and settings
+    (mode, source, texts, max_length, dtype; lr and mask_dtype in faithful mode) is loaded instead of rescored;
+    a file made otherwise is refused, naming both sides (`overwrite=True`: it is rescored; its old file is
+    replaced only when the new scores are written, and an interrupted overwrite resumes from its checkpoint).
 
     Under torch.distributed with several ranks (every rank calls this with the same arguments; each returns
     the same dict):
@@ -416,6 +452,10 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
     ctx = dist.context(distributed)
     common = dict(source=source, n=n, mode=mode, max_length=max_length, batch_size=batch_size, seed=seed,
                   out_dir=out_dir, progress=progress, overwrite=overwrite)
+    if ctx.active:  # before the first collective: the ranks must have been given the same job
+        ctx.check_agreement({**{k: v for k, v in common.items() if k != "progress"}, "languages": languages,
+                             "split": split, **{k: v for k, v in kwargs.items() if k != "progress"},
+                             "model weights": model_identity(model)["weights_fingerprint"]}, "score_languages' input")
     if ctx.active and split == "languages":
         mine = dist.split_languages(languages, ctx.world_size)[ctx.rank]
         local = ctx.agree(lambda: score_languages(model, tokenizer, mine, distributed=False, **common, **kwargs),
@@ -432,26 +472,22 @@ def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, 
     from ..corpora.texts import load_texts
 
     spec = describe(model, kwargs.get("arch"))
+    identity = model_identity(model)
     results: dict[str, HeadScores] = {}
     for lang in languages:
         path = Path(out_dir) / f"{lang}.safetensors" if out_dir else None
         ckpt = path.with_suffix(".ckpt.safetensors") if path is not None else None
 
-        def prepare(lang=lang, path=path, ckpt=ckpt):
-            if overwrite and path is not None and ctx.is_main:
-                # partial progress of an earlier run goes; its finished score file stays until the new one
-                # replaces it (atomically, once this run has finished the language)
-                for p in [ckpt, *dist.rank_checkpoints(ckpt)]:
-                    p.unlink(missing_ok=True)
+        def prepare(lang=lang, path=path):
+            # with overwrite, the finished file stays until the new one replaces it (atomically, once this run has
+            # finished the language), and a checkpoint of this same run resumes: an interrupted overwrite goes on
             texts = load_texts(source, lang, n=n, seed=seed, tokenizer=tokenizer)
             if path is None or not ctx.is_main or not path.is_file() or overwrite:
                 return texts, None
             done = HeadScores.load(path).validate(spec)
-            wanted = (mode, describe_source(source), len(texts), int(max_length))
-            have = (done.mode, done.source, done.num_texts, done.extra.get("max_length"))
-            if have != wanted:
-                raise LahisError(f"{path} already holds {lang} scores made with other settings (mode, source, texts, "
-                                 f"max_length = {have}, now {wanted}); use another output folder or overwrite it")
+            check_same_model(done.model_identity, identity, f"{path} (scores of '{lang}')",
+                             fix="choose another output folder, or pass overwrite (--overwrite) to rescore it")
+            check_reusable(done, path, lang, scoring_settings(model, mode, source, texts, max_length, kwargs))
             return texts, done
 
         texts, done = ctx.agree(prepare, f"preparing {lang}")
@@ -462,11 +498,31 @@ def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, 
             continue
         results[lang] = score_heads(model, tokenizer, texts, mode=mode, max_length=max_length, batch_size=batch_size,
                                     language=lang, source=describe_source(source), checkpoint=ckpt,
-                                    progress=progress, distributed=distributed, **kwargs)
+                                    progress=progress, distributed=distributed, replace_checkpoint=overwrite, **kwargs)
         if path is not None:
             ctx.agree(lambda lang=lang, path=path: results[lang].save(path) if ctx.is_main else None, f"writing {path}")
             dist.rank_checkpoint_path(ckpt, ctx.rank, ctx.world_size).unlink(missing_ok=True)
     return results
+
+
+def scoring_settings(model, mode: str, source, texts: Sequence[str], max_length: int, kwargs: dict) -> dict:
+    """What a stored score file must share with a run to stand for its result (the weights are checked apart)."""
+    wanted = {"mode": mode, "source": describe_source(source), "num_texts": len(texts), "max_length": int(max_length),
+              "dtype": str(next(model.parameters()).dtype), "texts": fingerprint([str(t) for t in texts])}
+    if mode == "faithful":
+        wanted.update(lr=kwargs.get("lr", 1e-2), mask_dtype=kwargs.get("mask_dtype", "float32"))
+    return wanted
+
+
+def check_reusable(done: HeadScores, path: Path, lang: str, wanted: dict) -> None:
+    """Refuse a stored score file made with other settings than `wanted` (scoring_settings), naming each difference.
+    A setting the file does not record (files of earlier versions) is not compared."""
+    have = {"mode": done.mode, "source": done.source, "num_texts": done.num_texts, **done.extra,
+            "texts": done.extra.get("texts_digest")}
+    differ = [f"{k} {have[k]!r} (now {v!r})" for k, v in wanted.items() if have.get(k) is not None and have[k] != v]
+    if differ:
+        raise LahisError(f"{path} already holds '{lang}' scores made with other settings: {', '.join(differ)}; choose "
+                         "another output folder, or pass overwrite (--overwrite) to rescore it")
 
 
 def describe_source(source) -> str:

@@ -248,10 +248,12 @@ def answer_loss(model, batch: dict[str, torch.Tensor], loss_chunk: Optional[int]
 
 
 def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 8,
-                          progress: bool = False, desc: str = "score") -> list[float]:
+                          progress: bool = False, desc: str = "score", max_tokens: Optional[int] = None,
+                          per_token: bool = False) -> list[float]:
     """log P(continuation | prompt) per pair: the sum of the continuation's token log-probs, teacher-forced.
 
-    Batched with right padding (sequences sorted by length, so similar lengths share a batch).
+    max_tokens: score only the continuation's first max_tokens tokens; per_token: their mean log-prob instead of the
+    sum. Batched with right padding (sequences sorted by length, so similar lengths share a batch).
     """
     from tqdm.auto import tqdm
 
@@ -260,6 +262,8 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
     if batch_size < 1:
         raise LahisError(f"batch_size must be at least 1; got {batch_size}")
     seqs = [tokenize_continuation(tokenizer, p, c) for p, c in zip(prompts, continuations)]
+    if max_tokens is not None:  # [prompt ids + the continuation's first max_tokens ids], prompt length
+        seqs = [(full[:n_prompt + int(max_tokens)], n_prompt) for full, n_prompt in seqs]
     parts = lm_parts(model)
     device, pad = input_device(model), pad_id(tokenizer)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
@@ -275,7 +279,8 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
             nll, which = token_nll(model, ids, mask, labels, parts=parts)
             sums = torch.zeros(len(rows), dtype=torch.float32, device=nll.device).index_add(0, which.to(nll.device), nll)
             for r, i in enumerate(rows):
-                out[i] = -float(sums[r])
+                scored = len(seqs[i][0]) - seqs[i][1]
+                out[i] = -float(sums[r]) / (scored if per_token else 1)
     return out
 
 

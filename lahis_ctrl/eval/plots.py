@@ -87,8 +87,14 @@ def plot_overlap(scores_by_lang: Mapping[str, object], path, top: Optional[int] 
         for j in range(len(langs)):
             ax.text(j, i, int(m[i, j]), ha="center", va="center",
                     color="white" if m[i, j] > m.max() / 2 else "black")
-    ax.set_title(f"shared top heads ({'top ' + str(top) if top else f'above q={q}'})")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"heads kept by both languages ({'top ' + str(top) if top else f'above the q={q} quantile'});\n"
+                 "diagonal: heads the language keeps", fontsize="small")
+    from matplotlib.ticker import MaxNLocator
+
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.locator = MaxNLocator(integer=True)  # counts of heads: no half-heads on the scale
+    bar.update_ticks()
+    bar.set_label("shared heads")
     return _save(fig, path)
 
 
@@ -155,56 +161,86 @@ def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str,
 
 
 def plot_against_draws(data: Mapping[str, tuple], path, title: str, ylabel: str) -> Path:
-    """Per group: the random draws' effects as grey dots and the tested effect as a marker with its 95% CI.
+    """Per group: each random head set's effect as a grey dot, the target heads' effect as a red marker with its 95%
+    CI against no intervention, and the placebo set (a random set put through the same test) as a hollow marker.
 
-    data: {group: (Comparison dict of the tested effect, [effect of each random draw])}.
+    data: {group: (Comparison dict of the target effect, [effect of each random draw], placebo effect or None)}.
     """
     groups = list(data)
     if not groups:
         raise LahisError(f"nothing to plot for {path}: no groups")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(groups) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.8 * len(groups) + 2.5), 4.2), constrained_layout=True)
     for i, g in enumerate(groups):
-        cmp, draws = data[g]
-        ax.scatter([i + 0.15] * len(draws), draws, s=10, color="grey", alpha=0.7,
-                   label="random draws" if i == 0 else None)
+        cmp, draws, placebo = (tuple(data[g]) + (None,))[:3]
+        ax.scatter([i + 0.15] * len(draws), draws, s=12, color="grey", alpha=0.7,
+                   label="random head sets (one dot each)" if i == 0 else None)
+        if placebo is not None:
+            ax.scatter([i + 0.3], [placebo], s=30, facecolors="none", edgecolors="C0",
+                       label="placebo set" if i == 0 else None)
         if cmp.get("effect") is not None:
             low, high = cmp["ci"]
             ax.errorbar([i - 0.1], [cmp["effect"]], yerr=[[cmp["effect"] - low], [high - cmp["effect"]]], fmt="o",
-                        color="C3", capsize=3, label="own heads (95% CI)" if i == 0 else None)
+                        color="C3", capsize=3, label="the language's own heads (95% CI vs none)" if i == 0 else None)
     ax.set_xticks(range(len(groups)), groups)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
+def _wrap(text: str, width: int = 58) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def plot_findings(found, path) -> Path:
-    """A forest plot of a report's findings: each effect with its 95% CI, coloured by verdict, one panel per
-    unit (points, nats/token, log-odds)."""
+    """A forest plot of a report's findings, one panel per unit (points, nats/token, log-odds, ...): each effect
+    with its 95% CI (thick) and the interval at the family level the verdict reads (thin), coloured by verdict; the
+    shaded side of zero is the side the claim predicts, and a diamond marks the paper's value where it gives one.
+    Claims are written out in full."""
     units = list(dict.fromkeys(f["unit"] for f in found if f.get("effect") is not None))
     if not units:
         raise LahisError(f"nothing to plot for {path}: no finding has an effect")
     colours = {"holds": "C2", "does not hold": "C3", "inconclusive": "grey"}
     plt = _plt()
     rows = {u: [f for f in found if f["unit"] == u and f.get("effect") is not None] for u in units}
-    fig, axes = plt.subplots(len(units), 1, figsize=(8.5, 0.9 + 0.42 * sum(len(r) for r in rows.values())
-                                                        + 0.6 * len(units)),
-                             gridspec_kw={"height_ratios": [max(1, len(rows[u])) for u in units]}, squeeze=False,
+    labels = {id(f): _wrap(f"{f['claim']} [{f.get('reading', '')}]") for fs in rows.values() for f in fs}
+    heights = {u: sum(0.25 + 0.17 * labels[id(f)].count("\n") for f in fs) + 0.5 for u, fs in rows.items()}
+    fig, axes = plt.subplots(len(units), 1, figsize=(11.5, 1.2 + sum(heights.values())),
+                             gridspec_kw={"height_ratios": [heights[u] for u in units]}, squeeze=False,
                              constrained_layout=True)
     for ax, unit in zip(axes[:, 0], units):
         fs = rows[unit]
+        xs = [v for f in fs for v in (f["effect"], *(f["ci"] or []), *((f.get("ci_family") or {}).get("ci") or []),
+                                      f.get("paper_effect")) if v is not None]
+        span = max(abs(min(xs + [0.0])), abs(max(xs + [0.0]))) * 1.1 or 1.0
         for i, f in enumerate(fs):
+            null = f.get("null_value", 0.0) or 0.0
+            side = (null, span) if f["direction"] > 0 else (-span, null)
+            ax.fill_betweenx([i - 0.4, i + 0.4], *side, color="C2", alpha=0.07, linewidth=0)
+            family = (f.get("ci_family") or {}).get("ci") or [None, None]
+            if None not in family:
+                ax.plot(family, [i, i], color=colours[f["verdict"]], linewidth=1, alpha=0.8)
             low, high = f["ci"]
-            ax.errorbar([f["effect"]], [i], xerr=[[f["effect"] - low], [high - f["effect"]]], fmt="o", capsize=3,
-                        color=colours[f["verdict"]])
+            if low is not None and high is not None:
+                ax.plot([low, high], [i, i], color=colours[f["verdict"]], linewidth=3.5)
+            ax.plot([f["effect"]], [i], "o", color=colours[f["verdict"]], markersize=6)
+            if f.get("paper_effect") is not None:
+                first = not any(g.get("paper_effect") is not None for g in fs[:i])
+                ax.plot([f["paper_effect"]], [i], "D", color="black", markersize=6, fillstyle="none",
+                        label="the paper's value" if first else None)
         ax.axvline(0, color="black", linewidth=0.6)
-        ax.set_yticks(range(len(fs)), [(f["claim"][:70] + ("..." if len(f["claim"]) > 70 else "")) for f in fs],
-                      fontsize="x-small")
-        ax.invert_yaxis()
-        ax.set_title(f"effect in {unit} (95% CI)", fontsize="small", loc="right")
-    fig.suptitle("findings: green holds, red does not hold, grey inconclusive", fontsize="small")
+        ax.set_xlim(-span, span)
+        ax.set_ylim(len(fs) - 0.5, -0.5)
+        ax.set_yticks(range(len(fs)), [labels[id(f)] for f in fs], fontsize="x-small")
+        ax.set_xlabel(f"effect ({unit}); shaded: the side the claim predicts", fontsize="small")
+        if any(f.get("paper_effect") is not None for f in fs):
+            ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle("findings: green holds, red does not hold, grey inconclusive; thick bar 95% CI, thin bar the "
+                 "family-level CI the verdict reads", fontsize="small")
     return _save(fig, path)
 
 

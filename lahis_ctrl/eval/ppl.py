@@ -7,11 +7,13 @@ reported:
   * corpus perplexity: exp(total NLL / total predicted tokens);
   * the reference's mean of per-text exp(mean NLL of the text).
 
-Every comparison is paired over X's texts, on the per-text mean NLL (log-perplexity, nats per token):
-  * own heads vs none: the increase, paired bootstrap CI, sign-flip p;
-  * own heads vs random heads: the increase over the draws' mean, paired bootstrap CI, and the empirical p
-    of the own heads' increase among the draws' increases (the draws are the null distribution);
-  * own heads vs other languages' heads: the increase over the other columns' mean (the diagonal claim).
+Numbers are per-text mean NLLs (log-perplexity, nats per token):
+  * own heads vs none: the increase, paired over X's texts (bootstrap CI, sign-flip p);
+  * own heads vs random heads: the rank of the own heads' mean increase among the random draws' increases (the
+    head set is the unit; reproduce combines the languages' ranks exactly);
+  * own heads vs other languages' heads: the matrix of mean increases, tested in reproduce by permuting the head
+    sets' language labels;
+  * a placebo set per language goes through the same tests in the place of its own heads.
 """
 
 from __future__ import annotations
@@ -72,27 +74,50 @@ def perplexity(model, tokenizer, texts: Sequence[str], mask=None, max_length: in
 
 def random_heads(num_layers: int, num_heads: int, k: int, rng: random.Random,
                  exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    pool = [(l, h) for l in range(num_layers) for h in range(num_heads) if (l, h) not in set(exclude)]
+    """k distinct heads drawn uniformly from the heads not in `exclude`, sorted."""
+    excluded = {tuple(h) for h in exclude}
+    pool = [(l, h) for l in range(num_layers) for h in range(num_heads) if (l, h) not in excluded]
     if k > len(pool):
         raise LahisError(f"cannot draw {k} random heads from {len(pool)}")
     return sorted(rng.sample(pool, k))
 
 
+DRAW_RULE = ("each random draw is k heads drawn uniformly, without replacement, from the heads outside the target "
+             "set it is compared with; draws are seeded by (seed, what they are drawn for), so each language's or "
+             "pair's draws are independent of the others'")
+
+
+def target_head_sets(scores_by_lang: Mapping[str, object], k: int, q: float = 0.96, min_rep: Optional[int] = None,
+                     selection: str = "strict") -> dict[str, list[tuple[int, int]]]:
+    """{language: its k heads}: strictly specific heads (heads.STRICT_RULE; the default) or, with
+    selection="non-general", its k best heads that are not language-general (heads.top_specific_heads)."""
+    from ..lahis.heads import strict_specific_heads, top_specific_heads
+
+    if selection == "strict":
+        return {y: list(strict_specific_heads(scores_by_lang, y, k, q=q).heads) for y in scores_by_lang}
+    if selection == "non-general":
+        return {y: top_specific_heads(scores_by_lang, y, k, q=q, min_rep=min_rep) for y in scores_by_lang}
+    raise LahisError(f"unknown head selection '{selection}': use 'strict' or 'non-general'")
+
+
 def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scores_by_lang: Mapping[str, object],
               k: int = 3, random_trials: int = 20, seed: int = 0, q: float = 0.96, min_rep: Optional[int] = None,
-              max_length: int = 2048, batch_size: int = 8, progress: bool = True) -> dict:
-    """The ppl-cross matrix: perplexity of X's texts with Y's top-k specific heads zeroed, for all X and Y.
+              max_length: int = 2048, batch_size: int = 8, progress: bool = True, selection: str = "strict",
+              placebo: bool = True) -> dict:
+    """The ppl-cross matrix: perplexity of X's texts with Y's k language-specific heads zeroed, for all X and Y.
 
-    Y's heads are its k best-scoring heads that are not language-general (see heads.top_specific_heads).
-    Baselines: no mask, and `random_trials` draws of k uniformly random heads per evaluated language (drawn
-    with a seed of (seed, X), so each language's draws are independent of the others').
+    Y's heads are its strictly specific heads (see target_head_sets; selection="non-general" keeps the reference's
+    "top-k heads that are not language-general"). Baselines: no mask, and `random_trials` draws of k random heads
+    per evaluated language X, drawn from the heads outside X's own set (DRAW_RULE). With `placebo`, one more random
+    set per language Y (drawn the same way, outside Y's set) is zeroed on every language's texts: the placebo that
+    the findings put through the same tests in place of the real sets.
     Returns a JSON-able dict: {"k", "languages", "heads": {Y: [[l, h]]}, "random_heads": {X: [[[l, h]]]},
-    "baseline": {X: stats}, "masked": {Y: {X: stats}}, "random": {X: {"trials": [stats], "corpus_ppl",
-    "mean_text_ppl"}}, "comparisons": {X: see compare_language}} where stats = summarize(...).
+    "placebo_heads": {Y: [[l, h]]}, "baseline": {X: stats}, "masked": {Y: {X: stats}}, "placebo": {Y: {X: stats}},
+    "random": {X: {"trials": [stats], "corpus_ppl", "mean_text_ppl"}}, "comparisons": {X: see compare_language}}
+    where stats = summarize(...).
     """
     from ..core.architecture import describe
     from ..core.mask import HeadMask
-    from ..lahis.heads import top_specific_heads
 
     spec = describe(model)
     for lang, s in scores_by_lang.items():
@@ -105,23 +130,29 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
     if random_trials < 1:
         raise LahisError(f"random_trials must be at least 1 (the random-heads baseline is a distribution of draws), "
                          f"got {random_trials}")
-    heads_by_y = {y: top_specific_heads(scores_by_lang, y, k, q=q, min_rep=min_rep) for y in langs_y}
-    draws = {x: random_draws(spec, k, random_trials, seed, x) for x in texts_by_lang}
+    heads_by_y = target_head_sets(scores_by_lang, k, q, min_rep, selection)
+    draws = {x: random_draws(spec, k, random_trials, seed, x, exclude=heads_by_y.get(x, ())) for x in texts_by_lang}
+    placebo_heads = {y: random_draws(spec, k, 1, seed, f"placebo-{y}", exclude=heads_by_y[y])[0] for y in langs_y} \
+        if placebo else {}
 
     def run(x: str, heads, tag: str) -> dict:
         mask = HeadMask.from_heads(spec, heads, 0.0) if heads else None
         return perplexity(model, tokenizer, texts_by_lang[x], mask=mask, max_length=max_length,
                           batch_size=batch_size, progress=progress) | {"masked_by": tag}
 
-    result = {"k": k, "q": q, "languages": list(texts_by_lang), "masked_languages": langs_y,
+    result = {"k": k, "q": q, "selection": selection, "languages": list(texts_by_lang), "masked_languages": langs_y,
               "unscored_languages": missing, "heads": {y: [list(h) for h in hs] for y, hs in heads_by_y.items()},
               "random_heads": {x: [[list(h) for h in d] for d in ds] for x, ds in draws.items()},
-              "random_trials": random_trials, "seed": seed,
-              "baseline": {}, "masked": {y: {} for y in langs_y}, "random": {}, "comparisons": {}}
+              "placebo_heads": {y: [list(h) for h in hs] for y, hs in placebo_heads.items()},
+              "random_trials": random_trials, "seed": seed, "draw_rule": DRAW_RULE,
+              "baseline": {}, "masked": {y: {} for y in langs_y}, "placebo": {y: {} for y in placebo_heads},
+              "random": {}, "comparisons": {}}
     for x in texts_by_lang:
         result["baseline"][x] = run(x, [], "none")
         for y in langs_y:
             result["masked"][y][x] = run(x, heads_by_y[y], y)
+        for y, heads in placebo_heads.items():
+            result["placebo"][y][x] = run(x, heads, f"placebo-{y}")
         trials = [run(x, d, f"random{i}") for i, d in enumerate(draws[x])]
         result["random"][x] = {"trials": trials,
                                "corpus_ppl": sum(t["corpus_ppl"] for t in trials) / len(trials),
@@ -131,17 +162,21 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
     return result
 
 
-def random_draws(spec, k: int, trials: int, seed: int, tag: str) -> list[list[tuple[int, int]]]:
-    """`trials` draws of k random heads, seeded by (seed, tag): a language or language pair's draws are
-    independent of the others'."""
+def random_draws(spec, k: int, trials: int, seed: int, tag: str, exclude: Sequence = ()) -> list[list[tuple[int, int]]]:
+    """`trials` draws of k random heads from the heads not in `exclude` (DRAW_RULE), seeded by (seed, tag): a
+    language or language pair's draws are independent of the others'."""
     rng = random.Random(f"{seed}-{tag}")
-    return [random_heads(spec.num_layers, spec.num_heads, k, rng) for _ in range(trials)]
+    exclude = [tuple(h) for h in exclude]
+    return [random_heads(spec.num_layers, spec.num_heads, k, rng, exclude) for _ in range(trials)]
 
 
 def compare_language(result: Mapping, x: str, seed: int = 0) -> dict:
-    """The paired comparisons of language x's per-text losses (nats per token; see the module docstring):
-    {"own_vs_none", "own_vs_random", "own_vs_others": Comparison dicts, "own_rank_p": the empirical p of the own
-    heads' mean increase among the random draws', "most_harmful": the column Y that hurts x most}."""
+    """Language x's numbers (per-text log-perplexity, nats per token): {"own_vs_none": the paired comparison of its
+    texts with its own heads zeroed vs no mask (a Comparison dict), "own_increase", "random_increase" (each draw's
+    mean increase), "own_rank_p": the rank p of the own heads' increase among the draws' (exact: no item-level test
+    against the draws, whose heads are a sample), "placebo_increase" / "placebo_rank_p" (x's placebo set in the place
+    of its own), "increase_by": {Y: mean increase with Y's heads zeroed}, "own_rank_among_sets": 1 when x's own heads
+    hurt it most, "most_harmful"}."""
     import numpy as np
 
     from . import stats
@@ -149,24 +184,26 @@ def compare_language(result: Mapping, x: str, seed: int = 0) -> dict:
     base = np.array(result["baseline"][x]["losses"])
     own = np.array(result["masked"][x][x]["losses"])
     draws = np.array([t["losses"] for t in result["random"][x]["trials"]])  # [draws, texts]
-    others = [y for y in result["masked"] if y != x]
     random_increase = (draws - base).mean(1)  # [draws]: each draw's mean increase over the texts
+    own_increase = float((own - base).mean())
     out = {"own_vs_none": stats.paired_difference(base, own, seed=seed, unit="nats/token").to_dict(),
-           "own_vs_random": stats.paired_difference(draws.mean(0), own, seed=seed, unit="nats/token").to_dict(),
-           "own_rank_p": stats.empirical_p(float((own - base).mean()), random_increase, "greater"),
-           "random_increase": [float(v) for v in random_increase]}
-    if others:
-        other = np.array([result["masked"][y][x]["losses"] for y in others])  # [others, texts]
-        out["own_vs_others"] = stats.paired_difference(other.mean(0), own, seed=seed, unit="nats/token").to_dict()
-        means = {y: float(np.mean(result["masked"][y][x]["losses"])) for y in result["masked"]}
-        out["most_harmful"] = max(means, key=means.get)
+           "own_increase": own_increase, "random_increase": [float(v) for v in random_increase],
+           "own_rank_p": stats.empirical_p(own_increase, random_increase, "greater")}
+    if x in result.get("placebo", {}):
+        placebo = float((np.array(result["placebo"][x][x]["losses"]) - base).mean())
+        out["placebo_increase"] = placebo
+        out["placebo_rank_p"] = stats.empirical_p(placebo, random_increase, "greater")
+    increase = {y: float((np.array(result["masked"][y][x]["losses"]) - base).mean()) for y in result["masked"]}
+    out["increase_by"] = increase
+    out["own_rank_among_sets"] = 1 + sum(v > own_increase for y, v in increase.items() if y != x)
+    out["most_harmful"] = max(increase, key=increase.get)
     return out
 
 
 def format_table(result: dict, metric: str = "corpus_ppl") -> str:
     """Markdown table: rows = evaluated language X, columns = no mask, Y's heads zeroed for each Y, k random."""
     ys = result["masked_languages"]
-    head = ["text \\ zeroed", "none"] + [f"{y} top-{result['k']}" for y in ys] + [f"random {result['k']} (mean)"]
+    head = ["text \\ zeroed", "none"] + [f"{y}'s {result['k']}" for y in ys] + [f"random {result['k']} (mean of draws)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in result["languages"]:
         row = [x, f"{result['baseline'][x][metric]:.3f}"]
@@ -177,14 +214,18 @@ def format_table(result: dict, metric: str = "corpus_ppl") -> str:
 
 
 def format_comparisons(result: dict) -> str:
-    """Markdown table of each language's paired comparisons (increase in nats/token, 95% CI, p)."""
+    """Markdown table, one row per text language: its own heads zeroed vs no mask (paired over its texts: increase
+    in nats/token, 95% CI, p), where that increase ranks among the random draws' (exact rank p) and among the other
+    languages' head sets, and the placebo set's rank among the same draws."""
     from .stats import format_effect, format_p
 
-    lines = ["| text language | own heads vs none | own vs random heads (mean of draws) | rank p among draws "
-             "| own vs other languages' heads | hurt most by |", "|---|---|---|---:|---|---|"]
+    n_sets = len(result.get("masked_languages", []))
+    lines = ["| text language | own heads vs none (nats/token) [95% CI], p | own increase | random draws' increases "
+             "| rank p among draws | placebo set's rank p | own heads' rank among the "
+             f"{n_sets} languages' sets | hurt most by |", "|---|---|---:|---|---:|---:|---:|---|"]
     for x, c in result.get("comparisons", {}).items():
-        others = format_effect(c["own_vs_others"], digits=3) if "own_vs_others" in c else "n/a"
-        lines.append(f"| {x} | {format_effect(c['own_vs_none'], digits=3)} | {format_effect(c['own_vs_random'], digits=3)} "
-                     f"| {format_p(c['own_rank_p'])} ({result['random_trials']} draws) | {others} "
-                     f"| {c.get('most_harmful', 'n/a')} |")
+        draws = ", ".join(f"{v:+.3f}" for v in c["random_increase"])
+        lines.append(f"| {x} | {format_effect(c['own_vs_none'], digits=3)} | {c['own_increase']:+.3f} | {draws} "
+                     f"| {format_p(c['own_rank_p'])} | {format_p(c.get('placebo_rank_p'))} "
+                     f"| {c['own_rank_among_sets']} | {c['most_harmful']} |")
     return "\n".join(lines)

@@ -32,23 +32,43 @@ def default_min_rep(num_languages: int) -> int:
 def _matrices(scores_by_lang: Mapping[str, object]) -> tuple[dict[str, torch.Tensor], dict]:
     from .scores import HeadScores
 
+    if not isinstance(scores_by_lang, Mapping):
+        raise TypeError("scores_by_lang must be a mapping {language: HeadScores or [layers, heads] tensor}, e.g. "
+                        f"load_scores('runs/scores'); got a {type(scores_by_lang).__name__}")
     if not scores_by_lang:
         raise LahisError("no languages to classify: pass {lang: HeadScores or [layers, heads] tensor}")
     mats, facts = {}, {}
     first: Optional[HeadScores] = None
     for lang, s in scores_by_lang.items():
+        if not isinstance(lang, str):
+            raise TypeError(f"scores_by_lang's keys are language codes (str); got {lang!r}")
         if isinstance(s, HeadScores):
             if first is None:
                 first = s
                 facts = {"model_name": s.model_name, "model_type": s.model_type, "head_dim": s.head_dim,
                          "num_kv_heads": s.num_kv_heads, "mode": s.mode}
+                if s.model_identity:
+                    facts["model_identity"] = s.model_identity
             elif (s.model_type, s.head_dim, s.shape) != (first.model_type, first.head_dim, first.shape):
                 raise MaskMismatchError(f"scores of '{lang}' ({s.model_type} {s.shape[0]}x{s.shape[1]}) and of "
                                         f"'{first.language}' ({first.model_type} {first.shape[0]}x{first.shape[1]}) "
                                         "come from different models")
+            else:  # the same shape is not the same model: other weights rank other heads
+                from ..core.identity import check_same_model
+
+                check_same_model(s.model_identity, first.model_identity, f"the scores of '{lang}'",
+                                 fix=f"the scores of '{first.language}' were made from the other; classify score files "
+                                     "of one model")
+                if s.mode != first.mode:
+                    raise LahisError(f"the scores of '{lang}' were made in {s.mode} mode and those of "
+                                     f"'{first.language}' in {first.mode} mode: classify scores of one mode")
             t = s.scores
         else:
-            t = torch.as_tensor(s, dtype=torch.float32)
+            try:
+                t = torch.as_tensor(s, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"scores of '{lang}' must be HeadScores or a [layers, heads] tensor of numbers; got "
+                                f"{type(s).__name__}") from None
         if t.dim() != 2:
             raise MaskMismatchError(f"scores of '{lang}' must be a [layers, heads] matrix, got shape {tuple(t.shape)}")
         if not torch.isfinite(t).all():
@@ -163,6 +183,8 @@ class HeadClassification:
     def save(self, path: str | Path) -> Path:
         from ..core.fileio import write_json
 
+        if Path(path).suffix.lower() != ".json":  # a .safetensors name would hide JSON where a tensor file is read
+            raise LahisError(f"a heads classification is JSON: give a path ending in .json, not {path}")
         return write_json(path, self.to_json())
 
     @classmethod
@@ -240,6 +262,101 @@ def top_specific_heads(scores_by_lang: Mapping[str, object], lang: str, k: int, 
     heads = t.shape[1]
     ranked = [(int(i) // heads, int(i) % heads) for i in order]
     return [h for h in ranked if h not in general][:k]
+
+
+STRICT_RULE = ("strictly specific heads of a language: the heads it keeps (score above its q quantile) that no other "
+               "scored language keeps, best first; when fewer than k, the rest are taken from the heads no other "
+               "language keeps, ranked by specificity = the head's percentile rank in this language's scores minus "
+               "the highest percentile rank any other scored language gives it (percentile ranks make languages with "
+               "different score scales comparable)")
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """The k heads an intervention uses for one language, and how they were chosen (STRICT_RULE)."""
+
+    language: str
+    heads: tuple[tuple[int, int], ...]
+    strict: int   # the first `strict` heads are kept by this language only
+    filled: int   # the rest: not kept by any other language, ranked by specificity
+
+    def to_json(self) -> dict:
+        return {"language": self.language, "heads": [list(h) for h in self.heads], "strict": self.strict,
+                "filled": self.filled}
+
+
+def _percentile_ranks(t: torch.Tensor) -> torch.Tensor:
+    """[layers, heads] -> the same shape in [0, 1]: 0 for the lowest score, 1 for the highest (stable ties)."""
+    flat = t.flatten()
+    order = torch.sort(flat, stable=True).indices
+    ranks = torch.empty_like(flat, dtype=torch.float64)
+    ranks[order] = torch.arange(flat.numel(), dtype=torch.float64) / max(1, flat.numel() - 1)
+    return ranks.view(t.shape)
+
+
+def strict_specific_heads(scores_by_lang: Mapping[str, object], lang: str, k: int, q: float = 0.96) -> HeadSet:
+    """The k heads of `lang` that no other scored language keeps (STRICT_RULE): its strictly specific heads, best
+    first, then, where it has fewer than k, the heads no other language keeps ranked by specificity. Two languages
+    never share a strict head; a filled head is unique to one language whenever its specificity is positive."""
+    mats, _ = _matrices(scores_by_lang)
+    if lang not in mats:
+        raise LahisError(f"no scores for language '{lang}' (have {', '.join(mats)})")
+    layers, heads = mats[lang].shape
+    if not 1 <= int(k) <= layers * heads:
+        raise LahisError(f"k must be between 1 and {layers * heads} (the model's heads), got {k}")
+    kept = {x: kept_heads(t, q)[0] for x, t in mats.items()}
+    others = {h for x, hs in kept.items() if x != lang for h in hs}
+    strict = [h for h in kept[lang] if h not in others][:k]
+    chosen = list(strict)
+    if len(chosen) < k:
+        own = _percentile_ranks(mats[lang])
+        rest = [_percentile_ranks(t) for x, t in mats.items() if x != lang]
+        other_max = torch.stack(rest).amax(0) if rest else torch.zeros_like(own)
+        specificity = (own - other_max).flatten()
+        order = torch.sort(-specificity, stable=True).indices
+        for i in order.tolist():
+            h = (i // heads, i % heads)
+            if h not in others and h not in chosen:
+                chosen.append(h)
+            if len(chosen) == k:
+                break
+    if len(chosen) < k:
+        raise LahisError(f"'{lang}' has only {len(chosen)} heads that no other scored language keeps; ask for at most "
+                         f"that many (k={k})")
+    return HeadSet(lang, tuple(chosen), strict=len(strict), filled=len(chosen) - len(strict))
+
+
+def head_overlap(scores_by_lang: Mapping[str, object], q: float = 0.96) -> dict[str, dict[str, int]]:
+    """{x: {y: the number of heads both x and y keep}}; the diagonal is the number x keeps."""
+    mats, _ = _matrices(scores_by_lang)
+    kept = {x: set(kept_heads(t, q)[0]) for x, t in mats.items()}
+    return {x: {y: len(kept[x] & kept[y]) for y in mats} for x in mats}
+
+
+def independent_groups(head_sets: Mapping[str, Sequence]) -> list[list[str]]:
+    """The languages whose head sets share no head, as groups: languages are joined (transitively) when their sets
+    share a head, so a combined test counts each group once instead of treating them as independent."""
+    langs = list(head_sets)
+    parent = {x: x for x in langs}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[tuple, str] = {}
+    for x in langs:
+        for h in head_sets[x]:
+            h = tuple(h)
+            if h in owner:
+                parent[root(x)] = root(owner[h])
+            else:
+                owner[h] = x
+    groups: dict[str, list[str]] = {}
+    for x in langs:
+        groups.setdefault(root(x), []).append(x)
+    return list(groups.values())
 
 
 def score_paths(scores: Union[str, Path, list]) -> list[Path]:

@@ -64,9 +64,17 @@ def score_matrix(scores, spec: ModelSpec) -> torch.Tensor:
     return matrix
 
 
-def select_heads(spec: ModelSpec, n: int, heads: str = "top", scores=None, seed: int = 0) -> list[tuple[int, int]]:
-    """The n trainable heads: the n highest scores (ties broken by position), or n random heads."""
+def select_heads(spec: ModelSpec, n: int, heads="top", scores=None, seed: int = 0) -> list[tuple[int, int]]:
+    """The n trainable heads: the n highest scores (ties broken by position), n random heads, or the given
+    (layer, head) pairs (heads=[...], e.g. a random set drawn by the caller outside some other set)."""
     total = spec.num_layers * spec.num_heads
+    if not isinstance(heads, str):
+        given = [(int(layer), int(head)) for layer, head in heads]
+        bad = [h for h in given if not (0 <= h[0] < spec.num_layers and 0 <= h[1] < spec.num_heads)]
+        if len(given) != n or len(set(given)) != n or bad:
+            raise LahisError(f"heads must be {n} distinct (layer, head) pairs of this {spec.num_layers}x{spec.num_heads} "
+                             f"model, got {given}")
+        return given
     if not 1 <= n <= total:
         raise LahisError(f"n={n} trainable heads is not possible: this model has {total} heads "
                          f"({spec.num_layers} layers x {spec.num_heads}); use 1 <= n <= {total}")
@@ -190,15 +198,18 @@ class SoftMaskTrainer:
             }
 
 
-def _checkpoint(directory: Path, epoch: int, fp: str) -> Checkpoint:
-    return Checkpoint(directory / f"epoch-{epoch:03d}.safetensors", fp, "soft-mask training checkpoint")
+def _checkpoint(directory: Path, epoch: int, fp: str, identity: dict | None = None) -> Checkpoint:
+    return Checkpoint(directory / f"epoch-{epoch:03d}.safetensors", fp, "soft-mask training checkpoint",
+                      identity=identity)
 
 
-def _latest_checkpoint(directory: Path, fp: str, epochs: int) -> tuple[int, dict, dict] | None:
-    """(epoch, tensors, history) of the latest checkpoint at or before `epochs`; files of other runs refuse."""
+def _latest_checkpoint(directory: Path, fp: str, epochs: int, identity: dict | None = None
+                       ) -> tuple[int, dict, dict] | None:
+    """(epoch, tensors, history) of the latest checkpoint at or before `epochs`; files of other runs (other settings
+    or another model's weights) refuse."""
     found = None
     for path in sorted(directory.glob("epoch-*.safetensors")):
-        tensors, state = Checkpoint(path, fp, "soft-mask training checkpoint").load()
+        tensors, state = Checkpoint(path, fp, "soft-mask training checkpoint", identity=identity).load()
         epoch = int(state["epoch"])  # a string in files of earlier versions, which kept the state as metadata
         history = state.get("log", {})
         history = json.loads(history) if isinstance(history, str) else history
@@ -210,7 +221,7 @@ def _latest_checkpoint(directory: Path, fp: str, epochs: int) -> tuple[int, dict
 # ---------------------------------------------------------------- the API
 def mask_method(heads: str) -> str:
     """The `method` a trained mask records: the LAHIS heads' mask or the random-heads baseline."""
-    return "lahis-soft-mask" if heads == "top" else "random-soft-mask"
+    return "lahis-soft-mask" if heads == "top" else "random-soft-mask"  # given heads: a baseline set
 
 
 def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p: float = 0.02, epochs: int = 2,
@@ -242,9 +253,21 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
     """
     from tqdm.auto import tqdm
 
+    from ..core.identity import model_identity
+    from .scores import HeadScores
+
     spec = describe(model)
     if batch_size < 1 or epochs < 0:
         raise LahisError(f"batch_size must be >= 1 and epochs >= 0 (got {batch_size}, {epochs})")
+    identity = model_identity(model)
+    if isinstance(scores, (str, os.PathLike)):
+        scores = HeadScores.load(Path(scores))
+    if isinstance(scores, HeadScores):  # scores of other weights rank other heads
+        scores.validate(spec)
+        from ..core.identity import check_same_model
+
+        check_same_model(scores.model_identity, identity, f"the {scores.language or ''} LAHIS scores".replace("  ", " "),
+                         fix="score this model first (lahis score) and train with its scores")
     n = default_n(spec, p) if n is None else int(n)
     selected = select_heads(spec, n, heads, scores, seed)
     if rows is None:
@@ -268,7 +291,7 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and ckpt_dir.is_dir():
-        found = _latest_checkpoint(ckpt_dir, fp, epochs)
+        found = _latest_checkpoint(ckpt_dir, fp, epochs, identity)
         if found is not None:
             start_epoch, tensors, history = found
             trainer.load_state_tensors(tensors)
@@ -292,7 +315,7 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
                 history["epoch_loss"].append(sum(losses) / len(losses))
                 if ckpt_dir is not None:
-                    _checkpoint(ckpt_dir, epoch + 1, fp).save(trainer.state_tensors(),
+                    _checkpoint(ckpt_dir, epoch + 1, fp, identity).save(trainer.state_tensors(),
                                                               {"epoch": epoch + 1, "log": history})
     finally:
         bar.close()
@@ -301,4 +324,5 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
     extra = {"trainable_heads": [list(h) for h in selected], "n": n, "epochs": epochs, "lr": lr,
              "batch_size": batch_size, "seed": seed, "style": style, "weight_decay": weight_decay,
              "train_items": len(rows), "epoch_loss": history["epoch_loss"], "dtype": str(next(model.parameters()).dtype)}
-    return HeadMask.from_tensor(trainer.scales.detach(), spec, language=lang, method=method, extra=extra)
+    return HeadMask.from_tensor(trainer.scales.detach(), spec, language=lang, method=method, extra=extra,
+                                model_identity=identity)

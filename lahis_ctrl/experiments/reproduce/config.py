@@ -1,11 +1,24 @@
-"""The settings of `lahis reproduce`: one dataclass per section of its YAML config."""
+"""The settings of `lahis reproduce`: one dataclass per section of its YAML config.
+
+Every claim about "more heads than random heads" is tested with the head set as its unit (findings.py): a count of
+random draws of `auto` is the fewest draws that let the smallest reachable p of that claim's test be at most
+AUTO_MIN_P (0.001) before Holm's correction, for the configured languages or pairs (`planned_draws`). A count set by
+hand whose test cannot reach alpha / (number of findings), the level Holm's first step needs, is refused up front
+unless `allow_underpowered: true`; the report then labels those findings "underpowered by design".
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, Union
+
+from ...core.argtypes import (MaxLength, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Quantile,
+                              Shots)
 
 STEPS = ("scores", "ppl", "xquad", "off_target", "transfer", "lcb")
+AUTO_MIN_P = 0.001
+# a number of random head sets, or "auto" (the fewest that reach AUTO_MIN_P; see planned_draws)
+Draws = Union[PositiveInt, Literal["auto"]]
 
 
 @dataclass
@@ -26,12 +39,12 @@ class ScoringSettings:
 
     languages: list[str] = field(default_factory=lambda: ["en", "de", "es", "hi", "ru", "zh", "vi", "ar"])
     source: str = "ntrex"
-    texts: int = 20
-    max_length: int = 256
-    mode: str = "fast"
-    batch_size: int = 4
-    q: float = 0.96
-    min_rep: Optional[int] = None
+    texts: PositiveInt = 20
+    max_length: MaxLength = 256
+    mode: Literal["fast", "faithful"] = "fast"
+    batch_size: PositiveInt = 4
+    q: Quantile = 0.96
+    min_rep: Optional[PositiveInt] = None
 
 
 @dataclass
@@ -41,19 +54,20 @@ class PplSettings:
     Args:
         languages: text languages X (default: every scored language); columns Y are all scored languages.
         texts: held-out passages per language (taken after the scored ones, never the same text).
-        k: heads zeroed per language (its top-k language-specific heads) and per random draw.
-        random_trials: draws of k random heads per language: the random baseline's distribution (the own heads'
-            increase is ranked among the draws').
+        k: heads zeroed per language (its k strictly specific heads: heads.STRICT_RULE) and per random draw.
+        random_trials: draws of k random heads per language (from the heads outside its own set): the own heads'
+            increase is ranked among the draws', per language, and the ranks are combined exactly; "auto" = the
+            fewest that reach p <= 0.001. One more set per language is the placebo.
         max_length: tokens per passage.
         batch_size: passages per forward pass.
     """
 
     languages: Optional[list[str]] = None
-    texts: int = 8
-    k: int = 3
-    random_trials: int = 20
-    max_length: int = 256
-    batch_size: int = 4
+    texts: PositiveInt = 8
+    k: PositiveInt = 3
+    random_trials: Draws = "auto"
+    max_length: MaxLength = 256
+    batch_size: PositiveInt = 4
 
 
 @dataclass
@@ -61,28 +75,32 @@ class XquadSettings:
     """Step 3: soft head masks on XQuAD.
 
     Args:
-        languages: XQuAD languages (each must be scored in step 1).
+        languages: XQuAD languages (each must be scored in step 1; default: the scored XQuAD languages but en).
         heads: trainable heads per mask; default max(4, 2% of all heads) (the reference: 2%).
-        train_items: first items of the reference train split (items [0:390], 200 shuffled with seed 68);
-            null = all 200.
+        train_items: items of the reference train split (items [0:390], 200 shuffled with seed 68); null = all 200
+            (the reference's budget: 200 items x 2 epochs at batch 1).
         test_items: first items of the held-out test split (items [390:1190]); null = all 800.
         epochs: training epochs (the reference: 2).
         lr: AdamW learning rate (the reference: 1e-2).
-        random_masks: random-heads soft masks (seeds seed, seed+1, ...): the random baseline's distribution; the
-            first is the reference's single-seed baseline ("random").
+        seeds: training seeds of the LAHIS mask per language (seed s trains on the train items in the order of
+            seed s; seed 0 is the reference's order): the XQuAD gain's interval covers seeds and items.
+        random_masks: random-heads soft masks per language (heads drawn outside the LAHIS heads, each trained once):
+            the LAHIS mask's gain is ranked among theirs; "auto" = the fewest that reach p <= 0.001. One more is
+            the placebo.
         max_new_tokens: greedy tokens generated per answer (the reference: 10).
         batch_size: prompts per generate call.
     """
 
-    languages: list[str] = field(default_factory=lambda: ["de", "es", "hi", "ru"])
-    heads: Optional[int] = None
-    train_items: Optional[int] = 48
-    test_items: Optional[int] = 80
-    epochs: int = 1
-    lr: float = 1e-2
-    random_masks: int = 3
-    max_new_tokens: int = 10
-    batch_size: int = 8
+    languages: Optional[list[str]] = None
+    heads: Optional[PositiveInt] = None
+    train_items: Optional[PositiveInt] = None
+    test_items: Optional[PositiveInt] = None
+    epochs: PositiveInt = 2
+    lr: PositiveFloat = 1e-2
+    seeds: PositiveInt = 3
+    random_masks: Draws = "auto"
+    max_new_tokens: PositiveInt = 10
+    batch_size: PositiveInt = 8
 
 
 @dataclass
@@ -90,26 +108,34 @@ class OffTargetSettings:
     """Step 4: off-target language rates through lm-eval.
 
     Args:
-        languages: target languages T (scored in step 1; tasks xquad_xling_<T> and ntrex_en_<T>).
+        languages: target languages T (scored in step 1; tasks xquad_xling_<T> and ntrex_en_<T>; default: the
+            scored languages but the source language).
         source_lang: the other language of the prompt (xquad_xling's context, the translation's source).
         tasks: task families run per language: "xquad_xling" and/or "ntrex_en".
         heads: heads per intervention (default max(1, 1% of all heads) as in the paper, at least 2).
         scale_up: the factor of the "scale T's heads up" intervention.
-        random_draws: draws of random heads zeroed (the control's distribution).
+        random_draws: random head sets for each "more than random heads" claim: zeroed (one set for all target
+            languages, like the source language's heads) and scaled up (per target language). They are measured by
+            a teacher-forced proxy on every document (the per-token log-probability of the reference in T minus
+            that of the source text copied); "auto" = the fewest that reach p <= 0.001 (a single source language is
+            one unit: 1999 draws). One more set of each kind is the placebo.
+        generate_draws: random zeroed sets also generated through lm-eval (their off-target rates beside the
+            proxy's, to show how the two agree).
         limit: documents per task (null = all).
         max_gen_toks: generation budget per document (both tasks stop at a newline).
         batch_size: lm-eval batch size.
     """
 
-    languages: list[str] = field(default_factory=lambda: ["de", "es", "hi", "ru"])
+    languages: Optional[list[str]] = None
     source_lang: str = "en"
     tasks: list[str] = field(default_factory=lambda: ["xquad_xling", "ntrex_en"])
-    heads: Optional[int] = None
-    scale_up: float = 3.0
-    random_draws: int = 3
-    limit: Optional[int] = 24
-    max_gen_toks: int = 40
-    batch_size: int = 8
+    heads: Optional[PositiveInt] = None
+    scale_up: NonNegativeFloat = 3.0
+    random_draws: Draws = "auto"
+    generate_draws: NonNegativeInt = 2
+    limit: Optional[PositiveInt] = 24
+    max_gen_toks: PositiveInt = 40
+    batch_size: PositiveInt = 8
 
 
 @dataclass
@@ -121,17 +147,19 @@ class TransferSettings:
             in language 2, then asks in English.
         heads: heads per language and intervention (default as for off_target).
         scale_up: factor on language 1's heads (the paper: 3).
-        random_draws: draws of random heads for each of the two controls (x scale_up, zeroed).
+        random_draws: random head sets per pair for each of the two claims against random heads (x scale_up, zeroed;
+            measured by the teacher-forced log-odds); "auto" = the fewest that reach p <= 0.001 over the pairs'
+            independent head sets. One more of each is the placebo.
         items: probe items per pair (ordered occupation pairs, both statement orders; null = all).
         batch_size: prompts per forward pass.
     """
 
-    pairs: list[list[str]] = field(default_factory=lambda: [["de", "es"], ["es", "de"]])
-    heads: Optional[int] = None
-    scale_up: float = 3.0
-    random_draws: int = 3
-    items: Optional[int] = 40
-    batch_size: int = 8
+    pairs: Optional[list[list[str]]] = None
+    heads: Optional[PositiveInt] = None
+    scale_up: NonNegativeFloat = 3.0
+    random_draws: Draws = "auto"
+    items: Optional[PositiveInt] = 40
+    batch_size: PositiveInt = 8
 
 
 @dataclass
@@ -139,11 +167,12 @@ class LcbSettings:
     """Step 6: the Language Confusion Benchmark (Marchisio et al., 2024) under head interventions.
 
     Crosslingual prompts ask in English for an answer in language T. Interventions: none, zero the source
-    language's (English) heads, scale T's heads up, zero random heads (draws). Completions are scored with
+    language's (English) heads, scale T's heads up, scale random heads up (draws). Completions are scored with
     the benchmark's line-level and word-level pass rates (eval/lcb.py).
 
     Args:
-        languages: target languages T (scored in step 1 and in the benchmark's crosslingual set).
+        languages: target languages T (scored in step 1 and in the benchmark's crosslingual set; default: the
+            scored languages the task has).
         task: "crosslingual" (English instruction, answer in T) or "monolingual" (prompt in T).
         source_lang: the language whose heads are zeroed (the instruction's: en).
         sources: benchmark sources to draw prompts from (null = all of the task's).
@@ -153,38 +182,40 @@ class LcbSettings:
             tokenizer ships a template anyway).
         heads: heads per intervention (default as for off_target).
         scale_up: factor of the "scale T's heads up" intervention.
-        random_draws: draws of random heads zeroed.
+        random_draws: random head sets per language scaled up like T's heads (generated): "auto" = the fewest that
+            reach p <= 0.001 over the languages. One more is the placebo.
         max_new_tokens: generation budget (the benchmark: 100).
         batch_size: prompts per generate call.
     """
 
-    languages: list[str] = field(default_factory=lambda: ["de", "es", "hi", "ru"])
-    task: str = "crosslingual"
+    languages: Optional[list[str]] = None
+    task: Literal["crosslingual", "monolingual"] = "crosslingual"
     source_lang: str = "en"
     sources: Optional[list[str]] = None
-    limit: Optional[int] = 12
-    shots: int = 1
+    limit: Optional[PositiveInt] = 12
+    shots: Shots = 1
     chat_template: Optional[bool] = None
-    heads: Optional[int] = None
-    scale_up: float = 3.0
-    random_draws: int = 2
-    max_new_tokens: int = 100
-    batch_size: int = 8
+    heads: Optional[PositiveInt] = None
+    scale_up: NonNegativeFloat = 3.0
+    random_draws: Draws = "auto"
+    max_new_tokens: PositiveInt = 100
+    batch_size: PositiveInt = 8
 
 
 @dataclass
 class ControlSettings:
-    """The random-weight control: the same architecture re-initialised from its config (fixed seed) runs
-    through the same steps at a reduced size; each finding says whether it also holds there. A finding that
-    also holds on random weights is not evidence of learned language heads.
+    """The random-weight control: the same architecture re-initialised from its config (fixed seed) runs through the
+    same steps at the same sizes (the same texts, items, documents and draws); each finding says what the control
+    shows: "holds" (so the main result is not evidence of learned language heads), "does not hold" or
+    "inconclusive" with enough power (its detectable effect is below the main effect), or "underpowered" (never
+    read as a pass).
 
     Args:
         enabled: run the control.
-        scale: sizes of the control run relative to the main run (texts, items, documents, draws; each at
-            least a small minimum).
         seed: the re-initialisation seed.
+        scale: removed (the control runs at the main run's sizes, or it could not fail); must stay null.
     """
 
     enabled: bool = True
-    scale: float = 0.25
-    seed: int = 1234
+    seed: NonNegativeInt = 1234
+    scale: Optional[float] = None

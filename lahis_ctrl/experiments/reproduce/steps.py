@@ -1,8 +1,14 @@
 """The steps of `lahis reproduce`, each a function of the run, its settings and the LAHIS scores.
 
-Every step stores what the findings need per item (per-text losses, per-item correctness, per-output
-off-target labels, per-item log-odds, per-completion LCB outcomes), so the statistics are computed from the
-stored results without running the model again."""
+Every step stores what the findings need per item (per-text losses, per-item correctness, per-output off-target
+labels and a teacher-forced proxy per document, per-item log-odds, per-completion LCB outcomes), for the target heads,
+every random head set and the placebo set, so the statistics are computed from the stored results without running the
+model again.
+
+Head sets: a language's heads are its strictly specific heads (lahis.heads.STRICT_RULE); a random set has the same
+size and is drawn from the heads outside the target set it is compared with (eval.ppl.DRAW_RULE). The first set drawn
+for a claim is its placebo: it goes through the same test in the place of the target heads.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,14 @@ import contextlib
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from ...core.errors import LahisError
 from .config import LcbSettings, OffTargetSettings, PplSettings, ScoringSettings, TransferSettings, XquadSettings
 from .runner import _Run, _fingerprint, _model_facts, _one_percent
+
+# draws run in blocks of this many per stored step, so a long draw loop resumes where it stopped
+DRAW_BLOCK = 50
 
 
 # ====================================================================== 1. scores
@@ -38,17 +47,40 @@ def _scores_step(run: _Run, s: ScoringSettings, source: str, seed: int) -> dict:
     return run.step("scores", key, compute, still_valid=files_exist) | {"fingerprint": _fingerprint(key)}
 
 
-def _specific(scores: dict, lang: str, k: int, s: ScoringSettings) -> list[tuple[int, int]]:
-    from ...lahis.heads import top_specific_heads
+def head_sets(scores: dict, languages: Sequence[str], k: int, s: ScoringSettings) -> dict:
+    """{language: HeadSet}: each language's k strictly specific heads (lahis.heads.STRICT_RULE)."""
+    from ...lahis.heads import strict_specific_heads
 
-    if lang not in scores:
-        raise LahisError(f"language '{lang}' has no LAHIS scores: add it to scoring.languages ({', '.join(scores)})")
-    return top_specific_heads(scores, lang, k, q=s.q, min_rep=s.min_rep)
+    missing = [lang for lang in languages if lang not in scores]
+    if missing:
+        raise LahisError(f"language(s) {missing} have no LAHIS scores: add them to scoring.languages "
+                         f"({', '.join(scores)})")
+    return {lang: strict_specific_heads(scores, lang, k, q=s.q) for lang in dict.fromkeys(languages)}
+
+
+def _specific(scores: dict, lang: str, k: int, s: ScoringSettings) -> list[tuple[int, int]]:
+    return list(head_sets(scores, [lang], k, s)[lang].heads)
+
+
+def draws_for(spec, k: int, count: int, seed: int, tag: str, exclude) -> list[list[tuple[int, int]]]:
+    """count + 1 random sets of k heads outside `exclude`: the placebo (first), then `count` null draws."""
+    from ...eval.ppl import random_draws
+
+    return random_draws(spec, k, count + 1, seed, tag, exclude=exclude)
+
+
+def _without(settings, *fields: str) -> dict:
+    """A settings dataclass as a step key without the fields that do not change that step's result."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in fields}
+
+
+def _blocks(count: int) -> list[range]:
+    return [range(start, min(start + DRAW_BLOCK, count)) for start in range(0, count, DRAW_BLOCK)]
 
 
 # ====================================================================== 2. ppl
 def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores: dict, scores_fp: str,
-              seed: int) -> dict:
+              seed: int, draws: int) -> dict:
     from ...corpora.texts import load_texts
     from ...eval.ppl import ppl_cross
 
@@ -61,33 +93,48 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
             if not held_out:
                 raise LahisError(f"no held-out {x} passages left after the {s.texts} scored ones in {source}; "
                                  "lower scoring.texts or ppl.texts")
-            return ppl_cross(run.model, run.tok, {x: held_out}, scores, k=p.k, random_trials=p.random_trials,
-                             seed=seed, q=s.q, min_rep=s.min_rep, max_length=p.max_length,
-                             batch_size=p.batch_size, progress=True)
+            return ppl_cross(run.model, run.tok, {x: held_out}, scores, k=p.k, random_trials=draws, seed=seed,
+                             q=s.q, min_rep=s.min_rep, max_length=p.max_length, batch_size=p.batch_size,
+                             progress=True)
 
-        key = {"scores": scores_fp, "settings": dataclasses.asdict(p), "x": x, "seed": seed}
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(p), "draws": draws, "x": x, "seed": seed,
+               "design": "strict-heads/placebo"}
         per_x[x] = run.step(f"ppl-{x}", key, compute)
     # merge the per-language rows into one ppl_cross result (each language has its own random draws)
     first = per_x[xs[0]]
     merged = {k: v for k, v in first.items()
-              if k not in ("languages", "baseline", "masked", "random", "random_heads", "comparisons")}
+              if k not in ("languages", "baseline", "masked", "placebo", "random", "random_heads", "comparisons")}
     merged["languages"] = xs
     for part in ("baseline", "random", "random_heads", "comparisons"):
         merged[part] = {x: per_x[x][part][x] for x in xs if x in per_x[x][part]}
     merged["masked"] = {y: {x: per_x[x]["masked"][y][x] for x in xs} for y in first["masked_languages"]}
+    merged["placebo"] = {y: {x: per_x[x]["placebo"][y][x] for x in xs} for y in first.get("placebo", {})}
     return merged
 
 
 # ====================================================================== 3. xquad
+def xquad_plan(spec, lang: str, lahis_heads, n: int, seeds: int, draws: int, seed: int) -> list:
+    """The soft masks of one language: the LAHIS mask with `seeds` training seeds ("lahis", "lahis-s1", ...), the
+    placebo and `draws` random-heads masks ("random-1", ...), whose heads are drawn outside the LAHIS heads; random
+    mask i trains with the items in the order of training seed i mod seeds."""
+    from ..soft_masks import MaskPlan
+
+    plan = [MaskPlan("lahis" if i == 0 else f"lahis-s{i}", "top", seed, i) for i in range(seeds)]
+    for i, heads in enumerate(draws_for(spec, n, draws, seed, f"xquad-{lang}", lahis_heads)):
+        plan.append(MaskPlan("placebo" if i == 0 else f"random-{i}", tuple(heads), seed, i % seeds))
+    return plan
+
+
 def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, scores_fp: str,
-                data: Optional[str], seed: int) -> dict:
-    from ...corpora.xquad import XQUAD_LANGS, check_lang, load_qa, reference_split
+                data: Optional[str], seed: int, draws: int) -> dict:
+    from ...corpora.xquad import check_lang, load_qa, reference_split
     from ...eval.evaluate import outcomes
+    from ...lahis.softmask import select_heads
     from ..soft_masks import compare_soft_masks, trained_heads
 
     results = {}
     for lang in xs.languages:
-        check_lang(lang, XQUAD_LANGS)
+        check_lang(lang)
 
         def compute(lang=lang) -> dict:
             if lang not in scores:
@@ -96,50 +143,27 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, 
             n = xs.heads or max(4, int(0.02 * spec.num_layers * spec.num_heads))
             rows, split = load_qa(lang, data)
             train, test = reference_split(rows, split)
-            train = train[:xs.train_items] if xs.train_items else train
             test = test[:xs.test_items] if xs.test_items else test
+            lahis_heads = select_heads(spec, n, "top", scores[lang])
+            plan = xquad_plan(spec, lang, lahis_heads, n, xs.seeds, draws, seed)
             report, masks = compare_soft_masks(run.model, run.tok, lang, scores[lang], train, test, n,
                                                run.work / "masks", run.work / "xquad" / lang, epochs=xs.epochs,
                                                lr=xs.lr, seed=seed, max_new_tokens=xs.max_new_tokens,
-                                               batch_size=xs.batch_size, random_masks=xs.random_masks)
+                                               batch_size=xs.batch_size, plan=plan, train_items=xs.train_items)
             return {"summary": report.summary, "comparisons": report.comparisons,
-                    "heads": {kind: trained_heads(m) for kind, m in masks.items()}, "n_heads": n,
-                    "train_items": len(train), "test_items": len(test),
+                    "heads": {name: trained_heads(m) for name, m in masks.items()}, "n_heads": n,
+                    "seeds": xs.seeds, "draws": draws, "epochs": xs.epochs,
+                    "train_items": min(len(train), xs.train_items or len(train)), "test_items": len(test),
                     "test_ids": [test[0].get("id"), test[-1].get("id")],
                     "items": {name: outcomes(report.records, name)["accuracy"] for name in report.summary}}
 
-        key = {"scores": scores_fp, "settings": dataclasses.asdict(xs), "lang": lang, "seed": seed,
+        key = {"scores": scores_fp, "settings": dataclasses.asdict(xs), "draws": draws, "lang": lang, "seed": seed,
                "data": data}
         results[lang] = run.step(f"xquad-{lang}", key, compute)
     return results
 
 
 # ====================================================================== interventions (off-target, LCB, transfer)
-def random_names(base: str, draws: int) -> list[str]:
-    """base, base_2, base_3, ...: one name per random draw (the first keeps the single-draw name)."""
-    return [base] + [f"{base}_{i + 1}" for i in range(1, draws)]
-
-
-def target_interventions(spec, scores: dict, target: str, source_lang: str, k: int, scale_up: float,
-                         s: ScoringSettings, seed: int, draws: int) -> dict:
-    """name -> (label, HeadMask or None) for one target language: none, zero the source language's heads, scale
-    the target's heads up, zero the target's heads, and `draws` draws of k random heads zeroed."""
-    from ...core.mask import HeadMask
-    from ...eval.ppl import random_draws
-
-    made = {
-        "none": ("no intervention", None),
-        "zero_source": (f"zero {source_lang} heads", HeadMask.from_heads(spec, _specific(scores, source_lang, k, s), 0.0)),
-        "scale_target": (f"x{scale_up:g} {target} heads",
-                         HeadMask.from_heads(spec, _specific(scores, target, k, s), scale_up)),
-        "zero_target": (f"zero {target} heads", HeadMask.from_heads(spec, _specific(scores, target, k, s), 0.0)),
-    }
-    heads = random_draws(spec, k, draws, seed, target)
-    for i, (name, rand) in enumerate(zip(random_names("zero_random", draws), heads)):
-        made[name] = (f"zero random heads{'' if i == 0 else f' #{i + 1}'}", HeadMask.from_heads(spec, rand, 0.0))
-    return made
-
-
 def _mask_heads(mask) -> list:
     return [] if mask is None else [[l, h, float(mask.values[l, h])] for l, h in mask.changed_heads()]
 
@@ -149,9 +173,57 @@ def _nan_to_none(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def intervention_sets(spec, scores: dict, targets: Sequence[str], source_lang: str, k: int, s: ScoringSettings,
+                      seed: int, draws: int, step: str) -> dict:
+    """The head sets of one intervention step: {"source": the source language's heads, "target": {T: T's heads},
+    "zero_draws": the placebo + `draws` random sets zeroed in every target language (outside the source's heads, like
+    the one source set they are compared with), "scale_draws": {T: the placebo + `draws` random sets outside T's heads}}.
+    """
+    sets = head_sets(scores, [source_lang, *targets], k, s)
+    return {"source": list(sets[source_lang].heads), "target": {t: list(sets[t].heads) for t in targets},
+            "zero_draws": draws_for(spec, k, draws, seed, f"{step}-zero", sets[source_lang].heads),
+            "scale_draws": {t: draws_for(spec, k, draws, seed, f"{step}-scale-{t}", sets[t].heads) for t in targets}}
+
+
+def _masks_of(spec, sets: dict, target: str, scale_up: float, names: Sequence[str]) -> dict:
+    """name -> (label, HeadMask or None) for the generated interventions of one target language."""
+    from ...core.mask import HeadMask
+
+    out = {}
+    for name in names:
+        if name == "none":
+            out[name] = ("no intervention", None)
+        elif name == "zero_source":
+            out[name] = ("zero source heads", HeadMask.from_heads(spec, sets["source"], 0.0))
+        elif name == "scale_target":
+            out[name] = (f"x{scale_up:g} {target} heads", HeadMask.from_heads(spec, sets["target"][target], scale_up))
+        elif name.startswith("zero_random_"):
+            i = int(name.rsplit("_", 1)[1])
+            out[name] = (f"zero random heads #{i}", HeadMask.from_heads(spec, sets["zero_draws"][i], 0.0))
+        elif name.startswith("scale_random_"):
+            i = int(name.rsplit("_", 1)[1])
+            out[name] = (f"x{scale_up:g} random heads #{i}",
+                         HeadMask.from_heads(spec, sets["scale_draws"][target][i], scale_up))
+        elif name in ("zero_placebo", "scale_placebo"):
+            kind = name.split("_")[0]
+            heads = sets["zero_draws"][0] if kind == "zero" else sets["scale_draws"][target][0]
+            out[name] = (f"{'zero' if kind == 'zero' else f'x{scale_up:g}'} placebo heads",
+                         HeadMask.from_heads(spec, heads, 0.0 if kind == "zero" else scale_up))
+        else:
+            raise ValueError(f"unknown intervention {name!r}")
+    return out
+
+
 # ====================================================================== 4. off-target
 PLOT_LABELS = {"none": "none", "zero_source": "zero source heads", "scale_target": "scale target heads up",
-               "zero_target": "zero target heads", "zero_random": "zero random heads"}
+               "zero_random_1": "zero random heads #1", "zero_random_2": "zero random heads #2"}
+# the proxy scores the first PROXY_TOKENS tokens of each continuation: enough to see which language the model
+# continues in, without paying the LM head over whole sentences on a 262k-word vocabulary
+PROXY_TOKENS = 8
+PROXY_MEASURE = (f"teacher-forced language preference per document: the mean log-probability of the first "
+                 f"{PROXY_TOKENS} tokens of the target-language reference minus that of the source-language text "
+                 "(ntrex_en: the English sentence copied; xquad_xling: the English answer) as the continuation of the "
+                 "task's own prompt; higher = more inclined to answer in the target language")
 
 
 def _lm_eval_metrics(results: dict, task: str) -> dict:
@@ -159,42 +231,89 @@ def _lm_eval_metrics(results: dict, task: str) -> dict:
             if k.endswith(",none") and "_stderr" not in k}
 
 
+def _task_manager(data: Optional[str]):
+    from lm_eval.tasks import TaskManager
+
+    from ...integrations.lm_eval.runner import tasks_dir
+
+    # only this package's tasks: indexing lm-eval's ~15k YAMLs takes ~15 s
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False,
+                       metadata={"data_dir": str(data)} if data else None)
+
+
+def proxy_documents(task_manager, task: str, limit: Optional[int]) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, target-language continuations, source-language continuations) of a task's first `limit` documents,
+    with the task's own prompt (lm-eval's doc_to_text) and target delimiter."""
+    from lm_eval.tasks import get_task_dict
+
+    t = get_task_dict([task], task_manager)[task]
+    docs = list(t.eval_docs)[:limit] if limit else list(t.eval_docs)
+    sep = t.config.target_delimiter
+    prompts = [t.doc_to_text(d) for d in docs]
+    if task.startswith("ntrex_en"):
+        return prompts, [sep + d["reference"] for d in docs], [sep + d["source"] for d in docs]
+    if task.startswith("xquad_xling"):
+        return prompts, [sep + d["answers"]["text"][0] for d in docs], [sep + d["answers_context_lang"][0] for d in docs]
+    raise LahisError(f"no off-target proxy for task '{task}'")
+
+
+def language_preference(model, tok, docs: tuple, mask, batch_size: int) -> list[float]:
+    """PROXY_MEASURE for each document under `mask` (None = the original model)."""
+    from ...core.control import apply_head_mask
+    from ...core.lm import continuation_logprobs
+
+    prompts, target, source = docs
+    with apply_head_mask(model, mask) if mask is not None else contextlib.nullcontext():
+        lp = continuation_logprobs(model, tok, list(prompts) * 2, list(target) + list(source), batch_size=batch_size,
+                                   max_tokens=PROXY_TOKENS, per_token=True)
+    return [a - b for a, b in zip(lp[:len(prompts)], lp[len(prompts):])]
+
+
 def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores: dict, scores_fp: str,
-                     data: Optional[str], seed: int) -> dict:
+                     data: Optional[str], seed: int, draws: dict) -> dict:
+    """Generated outputs (lm-eval) for none, zero source heads, x scale_up target heads and the first
+    `generate_draws` random zeroed sets; the teacher-forced proxy (PROXY_MEASURE) for all of them and every random
+    set. draws: {"zero": count, "scale": count}."""
     from tqdm.auto import tqdm
 
     from ...core.errors import require
 
     require("lm_eval", "eval", "the off-target step of `lahis reproduce`")  # tasks were checked by _check_languages
     results: dict = {}
-    task_manager = None
-    names = ["none", "zero_source", "scale_target", "zero_target"] + random_names("zero_random", o.random_draws)
-    todo = [(t, name) for t in o.languages for name in names]
-    bar = tqdm(todo, desc="off-target (language x intervention)", unit="run")
+    state: dict = {}
+    n_draws = max(draws["zero"], draws["scale"])
+
+    def sets() -> dict:
+        if "sets" not in state:
+            spec = run.spec
+            state["sets"] = intervention_sets(spec, scores, o.languages, o.source_lang, _one_percent(spec, o.heads),
+                                              s, seed, n_draws, "off_target")
+        return state["sets"]
+
+    def manager():
+        if "tm" not in state:
+            state["tm"] = _task_manager(data)
+        return state["tm"]
+
+    generated = ["none", "zero_source", "scale_target"] + [f"zero_random_{i}" for i in
+                                                           range(1, min(o.generate_draws, draws["zero"]) + 1)]
+    todo = [(t, name) for t in o.languages for name in generated]
+    bar = tqdm(todo, desc="off-target generation (language x intervention)", unit="run")
     for target, name in bar:
         bar.set_postfix_str(f"{target} {name}")
 
         def compute(target=target, name=name) -> dict:
-            nonlocal task_manager
             import lm_eval
-            from lm_eval.tasks import TaskManager
 
             from ...integrations.lm_eval.models import LahisHFLM
-            from ...integrations.lm_eval.runner import tasks_dir
 
-            spec = run.spec
-            k = _one_percent(spec, o.heads)
-            label, mask = target_interventions(spec, scores, target, o.source_lang, k, o.scale_up, s, seed,
-                                               o.random_draws)[name]
-            if task_manager is None:  # only this package's tasks: indexing lm-eval's ~15k YAMLs takes ~15 s
-                task_manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
-                                           metadata={"data_dir": str(data)} if data else None)
+            label, mask = _masks_of(run.spec, sets(), target, o.scale_up, [name])[name]
             tasks = [f"{t}_{target}" for t in o.tasks]
             lm = LahisHFLM(pretrained=run.model, tokenizer=run.tok, batch_size=o.batch_size, mask=mask)
             try:
                 res = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=o.limit,
                                               gen_kwargs=f"max_gen_toks={o.max_gen_toks}", bootstrap_iters=0,
-                                              log_samples=True, task_manager=task_manager)
+                                              log_samples=True, task_manager=manager())
             finally:
                 lm.remove_mask()  # the fold is undone: the next intervention starts from the original weights
             out = {"label": label, "heads": _mask_heads(mask), "tasks": {}}
@@ -207,47 +326,114 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
                                    "off_target": [_nan_to_none(x["off_target_rate"]) for x in samples]}
             return out
 
-        key = {"scores": scores_fp, "settings": dataclasses.asdict(o), "target": target,
-               "intervention": name, "seed": seed, "data": data}
+        # draw i is the same set whatever the number of draws (one seeded sequence), so the count is not in the key
+        key = {"scores": scores_fp, "settings": _without(o, "random_draws"), "target": target, "intervention": name,
+               "seed": seed, "data": data, "design": "strict-heads"}
         results.setdefault(target, {})[name] = run.step(f"off_target-{target}-{name}", key, compute)
     bar.close()
+    for target in o.languages:
+        results[target]["proxy"] = _proxy_steps(run, o, scores_fp, seed, data, target, draws, sets, manager)
     return results
+
+
+def _proxy_steps(run: _Run, o: OffTargetSettings, scores_fp: str, seed: int, data: Optional[str], target: str,
+                 draws: dict, sets: Callable, manager: Callable) -> dict:
+    """{task family: {"none", "zero_source", "scale_target", "zero_placebo", "scale_placebo": [per document],
+    "zero_random": [[per document] per draw], "scale_random": [...], "heads": {the four named sets}}} for one
+    target language."""
+    out: dict = {}
+    for family in o.tasks:
+        task = f"{family}_{target}"
+        docs_state: dict = {}
+
+        def docs() -> tuple:
+            if "docs" not in docs_state:
+                docs_state["docs"] = proxy_documents(manager(), task, o.limit)
+            return docs_state["docs"]
+
+        def measure(names: Sequence[str]) -> dict:
+            masks = _masks_of(run.spec, sets(), target, o.scale_up, names)
+            return {name: language_preference(run.model, run.tok, docs(), masks[name][1], o.batch_size)
+                    for name in names}
+
+        base = {"scores": scores_fp, "settings": _without(o, "random_draws", "generate_draws"), "target": target,
+                "task": family, "seed": seed, "data": data, "proxy": PROXY_MEASURE}
+        def fixed_sets() -> dict:
+            made = measure(["none", "zero_source", "scale_target", "zero_placebo", "scale_placebo"])
+            made["heads"] = {"zero_source": sets()["source"], "scale_target": sets()["target"][target],
+                             "zero_placebo": sets()["zero_draws"][0], "scale_placebo": sets()["scale_draws"][target][0]}
+            return made
+
+        fixed = run.step(f"off_target-proxy-{task}", base, fixed_sets)
+        entry = dict(fixed)
+        for kind in ("zero", "scale"):
+            values: list = []
+            for block in _blocks(draws[kind]):
+                names = [f"{kind}_random_{i + 1}" for i in block]
+                part = run.step(f"off_target-proxy-{task}-{kind}-{block.start // DRAW_BLOCK:03d}",
+                                base | {"block": [block.start, block.stop], "kind": kind},
+                                lambda names=names: measure(names))
+                values += [part[name] for name in names]
+            entry[f"{kind}_random"] = values
+        out[family] = entry
+    return out
 
 
 # ====================================================================== 5. transfer
 def transfer_interventions(spec, scores: dict, l1: str, l2: str, k: int, scale_up: float, s: ScoringSettings,
                            seed: int, draws: int) -> dict:
-    """The Alice probe's interventions: none, x scale_up language 1's heads, zero language 2's heads, and each
-    random draw both scaled and zeroed (the two controls)."""
+    """The Alice probe's interventions: none, x scale_up language 1's heads, zero language 2's heads, and for each
+    of the two the placebo and `draws` random sets of the same size (drawn outside that language's heads)."""
     from ...core.mask import HeadMask
-    from ...eval.ppl import random_draws
 
+    sets = head_sets(scores, [l1, l2], k, s)
     made = {"none": None,
-            f"x{scale_up:g} {l1} heads": HeadMask.from_heads(spec, _specific(scores, l1, k, s), scale_up),
-            f"zero {l2} heads": HeadMask.from_heads(spec, _specific(scores, l2, k, s), 0.0)}
-    for i, rand in enumerate(random_draws(spec, k, draws, seed, f"{l1}-{l2}")):
-        tag = "" if i == 0 else f" #{i + 1}"
-        made[f"x{scale_up:g} random heads{tag}"] = HeadMask.from_heads(spec, rand, scale_up)
-        made[f"zero random heads{tag}"] = HeadMask.from_heads(spec, rand, 0.0)
+            f"x{scale_up:g} {l1} heads": HeadMask.from_heads(spec, sets[l1].heads, scale_up),
+            f"zero {l2} heads": HeadMask.from_heads(spec, sets[l2].heads, 0.0)}
+    scale = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-scale", sets[l1].heads)
+    zero = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-zero", sets[l2].heads)
+    for i, (a, b) in enumerate(zip(scale, zero)):
+        tag = "placebo heads" if i == 0 else f"random heads #{i}"
+        made[f"x{scale_up:g} {tag}"] = HeadMask.from_heads(spec, a, scale_up)
+        made[f"zero {tag}"] = HeadMask.from_heads(spec, b, 0.0)
     return made
 
 
 def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: dict, scores_fp: str,
-                   seed: int) -> dict:
+                   seed: int, draws: int) -> dict:
+    from ...eval.transfer import alice_probe
+
     results = {}
     for l1, l2 in tr.pairs:  # checked by _check_languages
+        state: dict = {}
 
-        def compute(l1=l1, l2=l2) -> dict:
-            from ...eval.transfer import alice_probe
+        def interventions() -> dict:
+            if "all" not in state:
+                spec = run.spec
+                state["all"] = transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up,
+                                                      s, seed, draws)
+            return state["all"]
 
-            spec = run.spec
-            interventions = transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up,
-                                                   s, seed, tr.random_draws)
-            return alice_probe(run.model, run.tok, l1, l2, interventions, n=tr.items, seed=seed,
-                               batch_size=tr.batch_size, progress=True)
+        def probe(names: Sequence[str], generate: bool, l1=l1, l2=l2) -> dict:
+            chosen = {name: interventions()[name] for name in names}
+            return alice_probe(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
+                               progress=True, generate=None if generate else [])
 
-        key = {"scores": scores_fp, "settings": dataclasses.asdict(tr), "pair": [l1, l2], "seed": seed}
-        results[f"{l1}-{l2}"] = run.step(f"transfer-{l1}-{l2}", key, compute)
+        key = {"scores": scores_fp, "settings": _without(tr, "random_draws"), "pair": [l1, l2], "seed": seed,
+               "design": "strict-heads/placebo"}
+        up = f"x{tr.scale_up:g}"
+        targets = ["none", f"{up} {l1} heads", f"zero {l2} heads"]
+        result = run.step(f"transfer-{l1}-{l2}", key, lambda: probe(targets, True))
+        placebos = [f"{up} placebo heads", "zero placebo heads"]
+        result["results"].update(run.step(f"transfer-{l1}-{l2}-placebo", key,
+                                          lambda: probe(placebos, False))["results"])
+        for block in _blocks(draws):
+            names = [f"{kind} random heads #{i + 1}" for i in block for kind in (up, "zero")]
+            part = run.step(f"transfer-{l1}-{l2}-draws-{block.start // DRAW_BLOCK:03d}",
+                            key | {"block": [block.start, block.stop]}, lambda names=names: probe(names, False))
+            result["results"].update(part["results"])
+        result["draws"] = draws
+        results[f"{l1}-{l2}"] = result
     return results
 
 
@@ -269,22 +455,30 @@ def lcb_prompts(tokenizer, rows: list[dict], task: str, lang: str, shots: int, d
 
 
 def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, scores_fp: str, data: Optional[str],
-              seed: int) -> dict:
+              seed: int, draws: int) -> dict:
     from ...core.control import apply_head_mask
     from ...core.lm import greedy_generate
     from ...corpora.lcb import load_lcb
     from ...eval.lcb import NEXT_TURN, lcb_completion, lcb_metrics
 
     results: dict = {}
-    names = ["none", "zero_source", "scale_target"] + random_names("zero_random", c.random_draws)
+    state: dict = {}
+    names = ["none", "zero_source", "scale_target", "scale_placebo"] + [f"scale_random_{i}"
+                                                                         for i in range(1, draws + 1)]
+
+    def sets() -> dict:
+        if "sets" not in state:
+            spec = run.spec
+            state["sets"] = intervention_sets(spec, scores, c.languages, c.source_lang, _one_percent(spec, c.heads),
+                                              s, seed, draws, "lcb")
+        return state["sets"]
+
     for lang in c.languages:
         rows = load_lcb(c.task, lang, data, sources=c.sources)
         rows = rows[:c.limit] if c.limit else rows
         for name in names:
             def compute(lang=lang, name=name, rows=rows) -> dict:
-                spec = run.spec
-                label, mask = target_interventions(spec, scores, lang, c.source_lang, _one_percent(spec, c.heads),
-                                                   c.scale_up, s, seed, c.random_draws)[name]
+                label, mask = _masks_of(run.spec, sets(), lang, c.scale_up, [name])[name]
                 prompts, chat = lcb_prompts(run.tok, rows, c.task, lang, c.shots, data, c.chat_template)
                 with apply_head_mask(run.model, mask) if mask is not None else contextlib.nullcontext():
                     # a chat template writes its own BOS: the tokenizer must not add a second one
@@ -299,7 +493,7 @@ def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, score
                         "word_pass": [None if j.get("word_error") is None else float(not j["word_error"])
                                       for j in judged]}
 
-            key = {"scores": scores_fp, "settings": dataclasses.asdict(c), "lang": lang, "intervention": name,
-                   "seed": seed, "data": data}
+            key = {"scores": scores_fp, "settings": _without(c, "random_draws"), "lang": lang, "intervention": name,
+                   "seed": seed, "data": data, "design": "strict-heads"}
             results.setdefault(lang, {})[name] = run.step(f"lcb-{lang}-{name}", key, compute)
     return results

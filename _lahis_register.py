@@ -15,6 +15,11 @@ the real import run and then:
   xquad_de` runs this project's xquad_de (lm-eval's built-in one imports a module transformers 5 removed),
   and a user's own --include_path still overrides both.
 
+* `lm_eval._cli.harness`: under the `lm_eval` command (not `lahis`, not a library call), an error this package
+  raises (a LahisError: a mask of another model, an LCB setting out of range, missing data) is printed as one
+  line, `lm_eval: error: ...`, and the command exits with status 2, as `lahis` does; everything else lm-eval
+  raises is left as it is.
+
 Opt out: set LAHIS_NO_LM_EVAL_HOOK=1 (any non-empty value but 0/false/no) and the .pth does nothing.
 `import lahis_ctrl` installs the hook regardless (an explicit import is an explicit opt-in).
 """
@@ -27,6 +32,7 @@ import sys
 OPT_OUT_ENV = "LAHIS_NO_LM_EVAL_HOOK"
 REGISTRY_MODULE = "lm_eval.api.registry"
 TASKS_MODULE = "lm_eval.tasks.manager"
+CLI_MODULE = "lm_eval._cli.harness"
 _PATCHED = "__lahis_ctrl_tasks__"
 MODELS = {
     "lahis_hf": "lahis_ctrl.integrations.lm_eval.models:LahisHFLM",
@@ -113,7 +119,44 @@ def _quiet_own_overrides(record) -> bool:
     return not (ours and ours in message)
 
 
-_ACTIONS = {REGISTRY_MODULE: register, TASKS_MODULE: include_tasks}
+def under_lm_eval_cli() -> bool:
+    """True inside the `lm_eval` console script or `python -m lm_eval` (not `lahis`, not a library call)."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return "lm_eval.__main__" in sys.modules or getattr(main_spec, "name", None) == "lm_eval.__main__"
+
+
+def project_error_line(exc: BaseException):
+    """The one line for an error this package raised (a LahisError), or None for anyone else's."""
+    errors = sys.modules.get("lahis_ctrl.core.errors")
+    if errors is None or not isinstance(exc, errors.LahisError):
+        return None
+    return errors.error_line(exc)
+
+
+def guard_cli(harness_module) -> None:
+    """Under the `lm_eval` command, this package's errors end the run as one line and exit status 2 (idempotent)."""
+    cls = harness_module.HarnessCLI
+    original = cls.execute
+    if getattr(original, _PATCHED, False):
+        return
+
+    def execute(self, args):
+        try:
+            return original(self, args)
+        except Exception as exc:
+            line = project_error_line(exc)
+            if line is None or not under_lm_eval_cli():
+                raise
+            print(f"lm_eval: error: {line}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    execute.__wrapped__ = original
+    setattr(execute, _PATCHED, True)
+    cls.execute = execute
+
+
+_ACTIONS = {REGISTRY_MODULE: register, TASKS_MODULE: include_tasks, CLI_MODULE: guard_cli}
+_MARKERS = {REGISTRY_MODULE: "model_registry", TASKS_MODULE: "TaskManager", CLI_MODULE: "HarnessCLI"}
 
 
 class _Loader:
@@ -165,7 +208,7 @@ def install(force: bool = False) -> bool:
     pending = False
     for name, action in _ACTIONS.items():
         module = sys.modules.get(name)
-        if module is not None and hasattr(module, "model_registry" if name == REGISTRY_MODULE else "TaskManager"):
+        if module is not None and hasattr(module, _MARKERS[name]):
             action(module)  # already imported: act now
         else:
             pending = True

@@ -161,7 +161,7 @@ def test_heads_scale_matches_the_same_mask_file(task_manager, tiny_dir, local_da
     assert by_heads["config"]["lahis_mask"]["changed_heads"] == [[0, 1], [2, 3]]
 
 
-def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks, monkeypatch):
+def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks, monkeypatch, capsys):
     from lahis_ctrl.core.errors import LahisError, MaskMismatchError
     from lahis_ctrl.integrations.lm_eval.models import LahisHFLM
 
@@ -175,7 +175,8 @@ def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks,
     monkeypatch.setitem(sys.modules, "lm_eval.__main__", sys.modules["lm_eval"])
     with pytest.raises(SystemExit) as exc:
         LahisHFLM(pretrained=str(tiny_dir), mask=str(masks["other"]), device="cpu", dtype="float32")
-    assert str(exc.value).startswith("lahis_hf: error: shape mismatch") and "\n" not in str(exc.value)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis_hf: error:")]
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("lahis_hf: error: shape mismatch")
 
 
 def test_parse_heads(tmp_path):

@@ -333,6 +333,24 @@ def check_loss_matches(model, ids: Sequence[int], parts: Optional[LMParts] = Non
 
 # ====================================================================== generation
 @torch.no_grad()
+def _stop_criteria_classes():
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnText(StoppingCriteria):
+        """Done for each row once its decoded continuation holds one of `stop` ([batch] bools, as generate wants)."""
+
+        def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int):
+            self.tokenizer, self.stop, self.prompt_width = tokenizer, list(stop), prompt_width
+
+        def __call__(self, input_ids, scores, **kwargs):
+            # input_ids: [batch, prompt_width + new tokens so far]
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StopOnText, StoppingCriteriaList
+
+
 def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 8,
                     progress: bool = False, add_special_tokens: bool = True,
                     stop: Optional[Sequence[str]] = None) -> list[str]:
@@ -345,11 +363,18 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     pad = pad_id(tokenizer)
     device = input_device(model)
     outputs: list[str] = []
-    extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
+    stop = [s for s in (stop or ()) if s]
     for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, unit="batch"):
         chunk = list(prompts[start:start + batch_size])
         seqs = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
         ids, mask = pad_batch(seqs, pad, device, side="left")  # [batch, width]
+        # stop strings are looked for in the decoded text: transformers' own stop_strings machinery needs a
+        # tokenizer whose vocabulary maps back to text token by token and fails ("substring not found") for
+        # byte-level tokenizers without a matching decoder
+        extra = {}
+        if stop:
+            stop_on_text, criteria = _stop_criteria_classes()
+            extra["stopping_criteria"] = criteria([stop_on_text(tokenizer, stop, ids.shape[1])])
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              num_beams=1, pad_token_id=pad, top_p=None, top_k=None, temperature=None, **extra)
         new_ids = out[:, ids.shape[1]:]  # [batch, new_tokens]

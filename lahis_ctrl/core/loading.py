@@ -129,3 +129,32 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, **kwargs):
     if isinstance(tok, bool) or not callable(tok):
         raise LahisError(f"could not load the tokenizer of '{name_or_path}': the folder has no tokenizer files")
     return tok
+
+
+def check_device(device, option: str = "--device"):
+    """`device` as a torch.device that exists here, or one line saying why not: a name torch does not know
+    ('gpu'), a GPU that is not there (cuda without CUDA, cuda:3 on a 2-GPU machine), an accelerator this torch
+    build lacks (mps, xpu)."""
+    import torch
+
+    text = str(device).strip()
+    label = f"{option}{device}" if option.endswith("=") else f"{option} {device}"
+    try:
+        target = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise LahisError(f"{label}: not a device; use auto, cpu, cuda, cuda:N (the N-th GPU), mps or xpu") from None
+    kind = target.type
+    if kind == "cpu" or kind == "meta":
+        return target
+    module = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    available = bool(module is not None and hasattr(module, "is_available") and module.is_available())
+    if not available:
+        fix = "use cpu, or auto (a GPU only when there is one)"
+        what = {"cuda": "no CUDA GPU is visible to torch (torch.cuda.is_available() is False: a CPU build of torch, "
+                        "no driver, or CUDA_VISIBLE_DEVICES hides them)"}.get(kind, f"this machine or torch build "
+                                                                            f"has no '{kind}' device")
+        raise LahisError(f"{label}: {what}; {fix}")
+    count = getattr(torch, kind).device_count() if hasattr(getattr(torch, kind, None), "device_count") else 1
+    if target.index is not None and target.index >= count:
+        raise LahisError(f"{label}: this machine shows {count} {kind} device(s), numbered 0 to {count - 1}")
+    return target

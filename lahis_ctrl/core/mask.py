@@ -42,6 +42,17 @@ def check_scale(scale, name: str = "scale") -> float:
     return value
 
 
+def check_sane_scale(scale: float, allow_extreme: bool = False, what: str = "scale") -> float:
+    """Refuse a negative scale or one above MAX_SANE_SCALE (a sign flip or a blow-up is almost always a wrong file or
+    a units mistake) unless `allow_extreme`: the check every entry point runs (CLI, lm-eval, vLLM, HeadMask)."""
+    if not allow_extreme and (scale < 0 or scale > MAX_SANE_SCALE):
+        raise MaskMismatchError(
+            f"{what}{'' if what.endswith('=') else ' '}{scale:g}: scales must lie in [0, {MAX_SANE_SCALE:g}] (0 silences a head, 1 leaves it, 3 "
+            "amplifies it); if that scale is intended, pass allow_extreme (--allow_extreme_scales true, or "
+            "allow_extreme=true in lm-eval model_args)")
+    return scale
+
+
 def head_pairs(heads, name: str = "heads") -> list[tuple[int, int]]:
     """`heads` as a list of (layer, head) int pairs, or an error naming what is wrong: one pair given where a list of
     pairs is expected ((1, 2) instead of [(1, 2)]), an entry that is not a pair, or indices that are not whole
@@ -187,12 +198,13 @@ class HeadMask:
         if (other.model_type, other.head_dim) != (self.model_type, self.head_dim):
             raise MaskMismatchError(f"cannot combine a mask for {self.model_type} (head_dim {self.head_dim}) with one "
                                     f"for {other.model_type} (head_dim {other.head_dim})")
-        from .identity import check_same_model
+        from .identity import same_model
 
-        check_same_model(other.model_identity, self.model_identity, "the second mask",
-                         fix="combine masks made for the same model")
+        # masks apply to any model of their shape; the product was made from one model only if both were
+        identity = (self.model_identity or other.model_identity) if same_model(self.model_identity,
+                                                                                other.model_identity) else None
         return self.with_values(self.values * other.values, method=f"{self.method}*{other.method}",
-                                model_identity=self.model_identity or other.model_identity)
+                                model_identity=identity)
 
     # ---------------------------------------------------------------- checks
     def check_sane(self, allow_extreme: bool = False, source: str = "") -> "HeadMask":
@@ -201,14 +213,13 @@ class HeadMask:
         if allow_extreme:
             return self
         low, high = float(self.values.min()), float(self.values.max())
+        if not (low < 0 or high > MAX_SANE_SCALE):
+            return self
         if low < 0 or high > MAX_SANE_SCALE:
             (layer, head) = divmod(int((self.values < 0).float().argmax() if low < 0 else self.values.argmax()),
                                    self.num_heads)
-            raise MaskMismatchError(
-                f"the head mask{(' ' + source) if source else ''} scales L{layer}H{head} by "
-                f"{float(self.values[layer, head]):g}: scales must lie in [0, {MAX_SANE_SCALE:g}] (0 silences a head, "
-                "1 leaves it, 3 amplifies it); if that scale is intended, pass allow_extreme "
-                "(--allow_extreme_scales true, or allow_extreme=true in lm-eval model_args)")
+            check_sane_scale(float(self.values[layer, head]), False,
+                             f"the head mask{(' ' + source) if source else ''} scales L{layer}H{head} by")
         return self
 
     def check_finite(self) -> None:
@@ -297,13 +308,14 @@ class HeadMask:
         except (MaskMismatchError, TypeError) as exc:  # an empty or non-numeric tensor: name the file
             raise MaskMismatchError(f"{path}: {exc}") from None
 
-    def check_made_from(self, model, what: str = "the head mask") -> "HeadMask":
+    def check_made_from(self, model, what: str = "the head mask",
+                        fix: str = "use a mask made for this model, or write to another output") -> "HeadMask":
         """Refuse (naming both) a mask whose recorded weights are not `model`'s: for reusing a stored mask as this
         model's result (a resumed or skipped step). Applying a mask to another model of the same shape is
         `validate`'s business and stays allowed."""
         from .identity import check_same_model, identity_of
 
-        check_same_model(self.model_identity, identity_of(model), what)
+        check_same_model(self.model_identity, identity_of(model), what, fix)
         return self
 
     def push_to_hub(self, repo_id: str, **kwargs):

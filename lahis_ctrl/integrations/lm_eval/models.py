@@ -127,14 +127,17 @@ class LahisHFLM(HFLM):
             self._lahis_setup(pretrained, mask, fold, heads, scale, heads_lang, kwargs,
                               _bool(allow_extreme, "allow_extreme") or False, _bool(allow_refold, "allow_refold") or False)
         except LahisError as exc:
-            if _under_lm_eval_cli():  # one line instead of lm_eval's traceback
-                raise SystemExit(f"lahis_hf: error: {exc}") from None
+            if _under_lm_eval_cli():  # one line and exit status 2, as `lahis` ends a refused run
+                from ...core.errors import error_line
+
+                print(f"lahis_hf: error: {error_line(exc)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             raise
 
     def _lahis_setup(self, pretrained, mask, fold, heads, scale, heads_lang, kwargs, allow_extreme: bool,
                      allow_refold: bool) -> None:
-        from ...core.loading import EMBEDDED_MODELS, resolve
-        from ...core.mask import HeadMask
+        from ...core.loading import EMBEDDED_MODELS, check_device, resolve
+        from ...core.mask import HeadMask, check_sane_scale
 
         fold = _bool(fold, "fold")
         pairs = parse_heads(heads, heads_lang)
@@ -142,6 +145,12 @@ class LahisHFLM(HFLM):
             scale = float(scale)
         except (TypeError, ValueError):
             raise LahisError(f"scale={scale!r} is not a number") from None
+        if scale != scale or scale in (float("inf"), float("-inf")):
+            raise LahisError(f"scale={scale} is not a finite number")
+        if pairs:  # the same range as a mask file's scales, checked before the model loads
+            check_sane_scale(scale, allow_extreme, f"heads={heads} with scale=")
+        if kwargs.get("device") not in (None, "", "auto"):  # lm-eval would fall back or fail later, deep inside
+            check_device(kwargs["device"], "device=")
         # read the mask file before the (slow) model load, so a wrong path or an absurd scale fails at once
         loaded = HeadMask.load(mask) if isinstance(mask, (str, os.PathLike)) else mask
         if loaded is not None:

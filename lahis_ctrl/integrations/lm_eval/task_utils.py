@@ -23,6 +23,7 @@ then the mean over sources, as eval.lcb.lcb_report).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -315,27 +316,40 @@ def process_lcb(doc: dict, results: list[str]) -> dict[str, Any]:
     return out
 
 
-def lcb_lpr(items: list[dict]) -> float:
-    """Line-level pass rate of a task's outcomes: per source 1 - line errors / scored, then the mean over sources."""
+def _scored_rates(items: list[dict], metric: str) -> dict | None:
+    """lcb_rates of a task's outcomes, or None (after a warning that says so) when not one completion could be
+    scored: the benchmark's empty-denominator rule would report a pass rate of 1.0 for n = 0, which lm-eval's table
+    would show as a perfect score. The metric is then NaN, and the log says why."""
     from ...eval.lcb import lcb_rates
 
-    return lcb_rates(items)["lpr"]
+    rates = lcb_rates(items)
+    if rates["n_scored"] == 0:
+        logging.getLogger("lahis_ctrl").warning(
+            "LCB %s: none of the %d completions could be scored (n = 0: every one was empty or skipped), so %s is "
+            "reported as NaN, not as the benchmark's empty-denominator 1.0", metric, rates["n"], metric)
+        return None
+    return rates
+
+
+def lcb_lpr(items: list[dict]) -> float:
+    """Line-level pass rate of a task's outcomes: per source 1 - line errors / scored, then the mean over sources
+    (NaN, with a warning, when nothing could be scored)."""
+    rates = _scored_rates(items, "lpr")
+    return NAN if rates is None else rates["lpr"]
 
 
 def lcb_wpr(items: list[dict]) -> float:
     """Word-level pass rate (ar hi ja ko ru zh): per source 1 - word errors / scored without line errors, then the
-    mean over sources; NaN for other languages (their tasks do not report it)."""
-    from ...eval.lcb import lcb_rates
-
-    wpr = lcb_rates(items)["wpr"]
-    return NAN if wpr is None else wpr
+    mean over sources; NaN for other languages (their tasks do not report it) and when nothing could be scored."""
+    rates = _scored_rates(items, "wpr")
+    return NAN if rates is None or rates["wpr"] is None else rates["wpr"]
 
 
 def lcb_lcpr(items: list[dict]) -> float:
-    """Language confusion pass rate: harmonic mean of the task's LPR and WPR (its LPR where WPR is undefined)."""
-    from ...eval.lcb import lcb_rates
-
-    return lcb_rates(items)["lcpr"]
+    """Language confusion pass rate: harmonic mean of the task's LPR and WPR (its LPR where WPR is undefined); NaN
+    when nothing could be scored."""
+    rates = _scored_rates(items, "lcpr")
+    return NAN if rates is None else rates["lcpr"]
 
 
 @functools.lru_cache(maxsize=1)

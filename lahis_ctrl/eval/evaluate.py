@@ -149,6 +149,11 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     out = Path(out_dir) if out_dir is not None else None
     settings = {"lang": lang, "style": style, "max_new_tokens": max_new_tokens, "items": len(rows),
                 "model": spec.name_or_path, "first_id": rows[0].get("id"), "last_id": rows[-1].get("id")}
+    # generations kept in out_dir resume only on the same weights (checked apart from the settings' fingerprint,
+    # so generations of earlier versions still resume)
+    from ..core.identity import model_identity
+
+    identity = model_identity(model) if out_dir is not None else None
 
     records: list[dict] = []
     summary: dict[str, dict[str, float]] = {}
@@ -156,7 +161,7 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
         fp = fingerprint({**settings, "mask": _mask_digest(mask), "ids": [str(r.get("id")) for r in rows]})
         # generations are kept per mask and batch; those of another run's settings are refused unless overwrite
         ckpt = Checkpoint(out / "generations" / f"{_safe(name)}.json", fp, "evaluation checkpoint",
-                          replace=overwrite) if out is not None else None
+                          replace=overwrite, identity=identity) if out is not None else None
         found = ckpt.load() if ckpt is not None else None
         generations = [d["generation"] for d in found[1]["generations"]] if found else []
         bar = tqdm(total=len(rows), initial=len(generations), desc=f"evaluate {name}", unit="item",
@@ -193,10 +198,13 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     comparisons = compare_masks(records, next(iter(resolved))) if len(resolved) > 1 else {}
     report = EvalReport(lang=lang, summary=summary, records=records, settings=settings, out_dir=out,
                         comparisons=comparisons)
-    if out is not None:
-        write_text(out / "examples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        write_json(out / "results.json", report.to_json())
-        write_text(out / "results.md", report.table())
+    if out is not None:  # the three files of one report replace the previous report's together, or not at all
+        from ..core.fileio import replace_together
+
+        with replace_together(out) as staged:
+            write_text(staged / "examples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            write_json(staged / "results.json", report.to_json())
+            write_text(staged / "results.md", report.table())
     return report
 
 

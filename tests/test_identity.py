@@ -135,3 +135,203 @@ def test_check_same_model_table(recorded, current, same):
 def test_fingerprint_refuses_what_is_not_a_model():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         weights_fingerprint("gemma-3-270m")
+
+
+# ============================================================== every reuse, resume, skip and classification
+# One table: each case stores a result made one way, then asks for a reuse that differs in one thing (the model's
+# weights, or a setting that shaped it). The reuse must be refused with one line naming both sides, and nothing
+# stored may change. The same call with nothing changed must reuse what is stored (no recomputation).
+
+@pytest.fixture(scope="module")
+def two_models():
+    """Models A and B: one config (same shapes, same name), other weights."""
+    from tiny import tiny_tokenizer
+
+    a, b = tiny_model("llama", 0), tiny_model("llama", 1)
+    a.name_or_path = b.name_or_path = "acme/tiny"  # the same name: only the weights tell them apart
+    return a, b, tiny_tokenizer()
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+SCORE_ARGS = dict(n=2, max_length=24, batch_size=2, progress=False, source="embedded")
+
+
+def _score(model, tok, out, **changes):
+    from lahis_ctrl.lahis.scoring import score_languages
+
+    return score_languages(model, tok, ["en"], out_dir=out, **{**SCORE_ARGS, **changes})
+
+
+REUSE = [
+    # (case, what the second call changes, phrase of the refusal)
+    ("other weights", dict(model="B"), "was made from another model"),
+    ("other max_length", dict(max_length=16), "max_length 24 (now 16)"),
+    ("other texts", dict(n=3), "num_texts 2 (now 3)"),
+    ("other corpus", dict(source="FILE"), "source 'embedded' (now 'file:"),
+    ("other mode", dict(mode="faithful"), "mode 'fast' (now 'faithful')"),
+    ("other dtype", dict(dtype=torch.bfloat16), "dtype 'torch.float32' (now 'torch.bfloat16')"),
+]
+
+
+@pytest.mark.parametrize("case, change, phrase", REUSE, ids=[c[0] for c in REUSE])
+def test_a_stored_score_file_is_reused_only_for_the_same_weights_and_settings(two_models, tmp_path, case, change,
+                                                                            phrase):
+    from lahis_ctrl.core.errors import LahisError
+
+    a, b, tok = two_models
+    corpus = tmp_path / "corpus" / "en.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("A text of my own about rivers and seas.\n\nAnother text of my own about the market.\n")
+    _score(a, tok, tmp_path)
+    before = _snapshot(tmp_path)
+    again = _score(a, tok, tmp_path)  # nothing changed: the file is reused as it is
+    assert _snapshot(tmp_path) == before and again["en"].model_identity == model_identity(a)
+    change = dict(change)
+    model = b if change.pop("model", None) == "B" else a
+    if change.get("source") == "FILE":
+        change["source"] = str(corpus)
+    if "dtype" in change:
+        model = tiny_model("llama", 0, dtype=change.pop("dtype"))
+        model.name_or_path = "acme/tiny"
+    with pytest.raises(LahisError) as err:
+        _score(model, tok, tmp_path, **change)
+    msg = str(err.value)
+    assert "\n" not in msg and phrase in msg and "en.safetensors" in msg, msg
+    assert _snapshot(tmp_path) == before  # refused: nothing replaced
+    _score(model, tok, tmp_path, overwrite=True, **change)  # asked for: rescored and replaced
+    assert _snapshot(tmp_path) != before
+
+
+def test_an_interrupted_overwrite_resumes_from_its_own_checkpoint(two_models, tmp_path):
+    """`score --overwrite` interrupted and rerun with --overwrite goes on from its checkpoint, not from text 0."""
+    from tiny import Interrupt, interrupt_after
+
+    a, b, tok = two_models
+    _score(a, tok, tmp_path, n=4, batch_size=1)
+    first = (tmp_path / "en.safetensors").read_bytes()
+    restore = interrupt_after(b, 4)  # the loss check's 2 forward passes, 2 of the 4 texts, then a crash
+    with pytest.raises(Interrupt):
+        _score(b, tok, tmp_path, n=4, batch_size=1, overwrite=True, checkpoint_every=1)
+    restore()
+    assert (tmp_path / "en.safetensors").read_bytes() == first  # the finished file survives the crash
+    calls = {"n": 0}
+    original = b.get_decoder().forward
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    b.get_decoder().forward = counted
+    try:
+        resumed = _score(b, tok, tmp_path, n=4, batch_size=1, overwrite=True, checkpoint_every=1)
+    finally:
+        b.get_decoder().forward = original
+    assert calls["n"] == 2 + 2  # the loss check's 2 forward passes + the 2 texts not done: not all 4 again
+    fresh = _score(b, tok, tmp_path / "fresh", n=4, batch_size=1)
+    assert torch.equal(resumed["en"].scores, fresh["en"].scores)
+
+
+def test_checkpoints_resume_only_on_their_own_weights(two_models, tmp_path):
+    from lahis_ctrl.core.artifacts import Checkpoint
+
+    a, b, _ = two_models
+    ident_a, ident_b = model_identity(a), model_identity(b)
+    for suffix in (".json", ".safetensors"):
+        path = tmp_path / f"c{suffix}"
+        Checkpoint(path, "fp", "test checkpoint", identity=ident_a).save({"x": torch.ones(2)}, {"done": 1})
+        assert Checkpoint(path, "fp", "test checkpoint", identity=ident_a).load()[1]["done"] == 1
+        assert Checkpoint(path, "fp", "test checkpoint").load() is not None  # no identity asked: earlier callers
+        with pytest.raises(ModelMismatchError, match=f"test checkpoint {path} was made from another model"):
+            Checkpoint(path, "fp", "test checkpoint", identity=ident_b).load()
+        assert Checkpoint(path, "fp", "test checkpoint", identity=ident_b, replace=True).load() is None
+
+
+def test_heads_refuses_score_files_of_two_models(two_models, tmp_path):
+    from lahis_ctrl.lahis.heads import classify_heads, load_scores
+    from lahis_ctrl.lahis.scoring import score_languages
+
+    a, b, tok = two_models
+    score_languages(a, tok, ["en"], out_dir=tmp_path, **SCORE_ARGS)
+    score_languages(b, tok, ["de"], out_dir=tmp_path, **SCORE_ARGS)
+    with pytest.raises(ModelMismatchError, match="the scores of 'en' was made from another model|the scores of 'de'"):
+        classify_heads(load_scores(tmp_path))
+    score_languages(a, tok, ["de"], out_dir=tmp_path / "one", **SCORE_ARGS)
+    score_languages(a, tok, ["en"], out_dir=tmp_path / "one", **SCORE_ARGS)
+    c = classify_heads(load_scores(tmp_path / "one"))
+    assert c.model["model_identity"] == model_identity(a)  # the classification records whose heads they are
+
+
+def test_train_mask_refuses_scores_of_other_weights(two_models):
+    from lahis_ctrl.lahis.scoring import score_heads
+    from lahis_ctrl.lahis.softmask import train_mask
+
+    a, b, tok = two_models
+    scores_a = score_heads(a, tok, ["The fox jumps over the dog."] * 2, language="de", progress=False)
+    rows = [{"id": "1", "context": "Berlin ist die Hauptstadt.", "question": "Was ist die Hauptstadt?",
+             "answers": {"text": ["Berlin"]}}]
+    with pytest.raises(ModelMismatchError, match="the de LAHIS scores was made from another model"):
+        train_mask(b, tok, "de", scores_a, n=1, epochs=1, rows=rows)
+    mask = train_mask(a, tok, "de", scores_a, n=1, epochs=1, rows=rows)
+    assert mask.model_identity == model_identity(a)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Two saved models with one config and other weights, as a user's folders hold them."""
+    d = tmp_path_factory.mktemp("models")
+    return save_tiny(d / "a", "llama", seed=0), save_tiny(d / "b", "llama", seed=1)
+
+
+def test_reproduce_steps_refuse_a_folder_of_other_weights_and_reruns_do_not_load(model_dirs, tmp_path, monkeypatch):
+    from lahis_ctrl.core.loading import load_model as _load_model
+    from lahis_ctrl.experiments.reproduce.runner import _Run
+
+    monkeypatch.setenv("LAHIS_CACHE", str(tmp_path / "cache"))  # where identities are remembered between runs
+    a, b = model_dirs
+    out = tmp_path / "rep"
+    first = _Run(str(a), "float32", None, None, out)
+    assert first.step("scores", {"k": 1}, lambda: {"v": 1}) == {"v": 1}
+    stored = _snapshot(out)
+    monkeypatch.setattr("lahis_ctrl.core.loading.load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    rerun = _Run(str(a), "float32", None, None, out)  # same files: the identity is known without the weights
+    assert rerun.step("scores", {"k": 1}, lambda: pytest.fail("recomputed")) == {"v": 1}
+    monkeypatch.setattr("lahis_ctrl.core.loading.load_model", _load_model)
+    for key in ({"k": 1}, {"k": 2}):  # same settings or not: another model's folder is refused
+        other = _Run(str(b), "float32", None, None, out)
+        with pytest.raises(ModelMismatchError, match="'scores' step stored in .* was made from another model"):
+            other.step("scores", key, lambda: pytest.fail("recomputed into another model's folder"))
+    assert _snapshot(out) == stored
+    forced = _Run(str(b), "float32", None, None, out, force=True)
+    assert forced.step("scores", {"k": 1}, lambda: {"v": 2}) == {"v": 2}
+
+
+DEMO = ["--lang", "en", "--languages", "[en, de]", "--texts", "2", "--max_length", "24", "--epochs", "1",
+        "--train_size", "1", "--test_size", "1", "--max_new_tokens", "2", "--skip_sample", "true"]
+
+
+@pytest.mark.parametrize("case, model, change, phrase", [
+    ("other weights", "b", [], "was made from another model"),
+    ("other language", "a", ["--lang", "de"], "lang 'en' (now 'de')"),
+    ("other epochs", "a", ["--epochs", "2"], "epochs 1 (now 2)"),
+    ("other texts", "a", ["--texts", "3"], "texts 2 (now 3)"),
+])
+def test_demo_refuses_a_folder_of_another_model_or_other_settings(model_dirs, tmp_path, capsys, case, model, change,
+                                                                  phrase):
+    from lahis_ctrl.cli import main
+
+    dirs = dict(zip("ab", model_dirs))
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(dirs["a"]), "--out", str(out), *DEMO]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    args = list(DEMO)
+    for i in range(0, len(change), 2):
+        at = args.index(change[i])
+        args[at + 1] = change[i + 1]
+    assert main(["demo", "--model", str(dirs[model]), "--out", str(out), *args]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+    assert len(err) == 1 and phrase in err[0] and str(out) in err[0], err
+    assert _snapshot(out) == before  # the other model's files are all still there, unchanged

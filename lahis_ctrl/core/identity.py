@@ -174,3 +174,89 @@ def identity_of(target) -> Optional[dict[str, Any]]:
         return model_identity(target)
     return None
 
+
+
+# ------------------------------------------------------------------ identity without loading the weights again
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model")
+
+
+def local_model_dir(name_or_path: str) -> Optional[Path]:
+    """The folder a model loads from without the network, if there is one: a local folder, the embedded model's
+    cache, or a hub id's snapshot in the Hugging Face cache; None otherwise (nothing is downloaded or built)."""
+    name = str(name_or_path)
+    if Path(name).is_dir():
+        return Path(name)
+    if name in EMBEDDED_SOURCES:
+        from .loading import cache_dir
+
+        folder = cache_dir() / name
+        return folder if (folder / "config.json").is_file() else None
+    if _REPO_ID.match(name):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, "config.json")
+        except Exception:  # no huggingface_hub, or an unreadable cache: no stamp, the model is loaded instead
+            return None
+        return Path(found).parent if isinstance(found, str) else None
+    return None
+
+
+def files_stamp(name_or_path: str) -> Optional[str]:
+    """A digest of the model folder's weight and config files as the file system sees them (name, size, inode,
+    modification and change times, links followed): it changes whenever a file is written, replaced or copied
+    over, so an unchanged stamp means the identity recorded for it still holds. None when there is no local
+    folder."""
+    folder = local_model_dir(name_or_path)
+    if folder is None:
+        return None
+    entries = []
+    for pattern in _WEIGHT_FILES:
+        for p in sorted(folder.glob(pattern)):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append([p.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
+    if not entries:
+        return None
+    import json
+
+    text = json.dumps([str(folder.resolve()), sorted(entries)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
+
+
+_KNOWN_FILE = "identities.json"
+_KNOWN_MAX = 200  # entries kept (the most recent): a cache, not a record
+
+
+def known_identity(name_or_path: str, variant: str, load) -> dict[str, Any]:
+    """The identity of the model `name_or_path` loads as (`variant`: dtype, seed of a re-initialised copy...),
+    without loading it when its files are unchanged since it was last computed here: `load()` is called only
+    otherwise. The cache lives beside the embedded model's ($LAHIS_CACHE/identities.json), never in a user's
+    output folder; losing it only costs a load."""
+    import json
+
+    from .fileio import write_json
+    from .loading import cache_dir
+
+    stamp = files_stamp(name_or_path)
+    if stamp is None:
+        return model_identity(load())
+    key = f"{stamp}|{variant}"
+    path = cache_dir() / _KNOWN_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(key), dict):
+        return dict(known[key])
+    identity = model_identity(load())
+    known.pop(key, None)
+    known[key] = identity
+    try:
+        write_json(path, dict(list(known.items())[-_KNOWN_MAX:]))
+    except OSError:  # a read-only cache: the identity is still right, only not remembered
+        pass
+    return identity

@@ -1,7 +1,8 @@
 """`lahis demo`: the whole method on the embedded default model, end to end, with no data and no hub.
 
 Steps (each writes its files under `out`; a rerun skips the steps whose files exist, so an interrupted
-demo resumes):
+demo resumes; `out/demo.json` records the settings and the model's identity, and a rerun into the folder with
+other settings or another model's weights is refused rather than mixed with what is there):
   1. greedy outputs with and without a few heads silenced (a quick look at head masking);
   2. LAHIS scores of a few languages on the embedded passages (fast mode), specific/general heads, plots;
   3. a soft head mask for one language, trained on the embedded QA sample (or real XQuAD with --data),
@@ -110,6 +111,12 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
         raise LahisError(f"the QA data for '{lang}' gave {len(train)} train and {len(test)} test items; need both")
     languages = list(dict.fromkeys(list(languages) + [lang]))
     out = Path(out)
+    # what every file of the folder depends on: a folder made with other settings or weights is refused, not mixed
+    settings = {"lang": lang, "languages": languages, "data": None if data is None else str(data), "texts": texts,
+                "max_length": max_length, "epochs": epochs, "train_size": train_size, "test_size": test_size,
+                "max_new_tokens": max_new_tokens, "heads": None if heads is None else [list(h) for h in heads],
+                "seed": seed}
+    check_demo_folder(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
@@ -117,6 +124,7 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
         t = _step("loading the model")
         m = load_model(model, dtype="float32")
         tok = load_tokenizer(model)
+        check_demo_folder(out, settings, m)  # the weights too, now that they are loaded; records both
         spec = describe(m)
         print(f"{spec.name_or_path}: {spec.num_layers} layers x {spec.num_heads} heads "
               f"({spec.num_kv_heads} KV heads), head_dim {spec.head_dim}")
@@ -161,6 +169,36 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
         print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
+MANIFEST = "demo.json"
+MANIFEST_FORMAT = "lahis-demo/1"
+
+
+def check_demo_folder(out: Path, settings: dict, model=None) -> None:
+    """Refuse a demo folder made with other settings (or, given the loaded model, other weights), naming what
+    differs; a folder of an earlier version (no demo.json) is taken as it is, its files check their own model. With
+    `model`, (re)write demo.json with the settings and the model's identity."""
+    from ..core.fileio import read_json, write_json
+    from ..core.identity import check_same_model, model_identity
+
+    path = Path(out) / MANIFEST
+    recorded = read_json(path, "demo folder record") if path.is_file() else None
+    if recorded is not None and (not isinstance(recorded, dict) or recorded.get("format") != MANIFEST_FORMAT):
+        raise LahisError(f"{path} is not a demo folder record ({MANIFEST_FORMAT}): choose another --out")
+    if recorded is not None:
+        before = recorded.get("settings") or {}
+        differ = [f"{k} {before[k]!r} (now {v!r})" for k, v in settings.items() if k in before and before[k] != v]
+        if differ:
+            raise LahisError(f"{out} holds a demo made with other settings: {', '.join(differ)}; choose another --out "
+                             "(or remove that folder to start over)")
+    if model is None:
+        return
+    identity = model_identity(model)
+    if recorded is not None:
+        check_same_model(recorded.get("model_identity"), identity, f"the demo in {out}",
+                         fix="choose another --out (or remove that folder to start over)")
+    write_json(path, {"format": MANIFEST_FORMAT, "settings": settings, "model_identity": identity})
+
+
 def _report_heads(scores: dict, out: Path) -> None:
     """Print the language-specific and language-general heads; write heads.json and PNG plots."""
     if len(scores) < 2:
@@ -174,11 +212,14 @@ def _report_heads(scores: dict, out: Path) -> None:
     for lang in c.languages:
         print(f"   {lang}: specific heads {c.specific(lang) or 'none'}")
     try:
+        from ..core.fileio import replace_together
         from ..eval import plots
 
-        written = [plots.plot_heatmaps(scores, out / "plots" / "heatmaps.png"),
-                   plots.plot_overlap(scores, out / "plots" / "overlap.png"),
-                   plots.plot_layer_distribution(c, out / "plots" / "layers.png")]
-        print("   plots: " + ", ".join(str(p) for p in written))
+        with replace_together(out / "plots") as staged:  # the three plots of one run, or the previous ones
+            for draw, name in ((lambda p: plots.plot_heatmaps(scores, p), "heatmaps.png"),
+                               (lambda p: plots.plot_overlap(scores, p), "overlap.png"),
+                               (lambda p: plots.plot_layer_distribution(c, p), "layers.png")):
+                draw(staged / name)
+        print("   plots: " + ", ".join(str(out / "plots" / n) for n in ("heatmaps.png", "overlap.png", "layers.png")))
     except Exception as exc:  # plots are a nicety: a missing backend must not stop the demo
         log.warning("could not draw the plots: %s", exc)

@@ -37,7 +37,9 @@ class _Run:
             else:
                 self._model = _random_weights(self.source, self.dtype, self.random_init, self.model_name)
             if self.device and self.device_map is None:
-                self._model = self._model.to(self.device)
+                from ...core.loading import check_device
+
+                self._model = self._model.to(check_device(self.device))
             print(f"   loaded in {time.perf_counter() - t:.0f} s", flush=True)
         return self._model
 
@@ -53,6 +55,22 @@ class _Run:
         return name if self.random_init is None else f"control/{name}"
 
     @property
+    def identity(self) -> dict:
+        """The model's identity (core.identity), recorded with every step result. Known without loading the
+        weights when the model's files are unchanged since it was last computed (core.identity.known_identity): a
+        rerun whose steps are all done still never loads the model."""
+        if getattr(self, "_identity", None) is None:
+            self._identity = self._known_identity()
+        return self._identity
+
+    def _known_identity(self) -> dict:
+        import torch
+
+        from ...core.identity import known_identity
+
+        return known_identity(self.source, f"{self.dtype}|{self.random_init}|{torch.__version__}", lambda: self.model)
+
+    @property
     def spec(self):
         from ...core.architecture import describe
 
@@ -63,6 +81,14 @@ class _Run:
         """fn()'s JSON-able result, or the stored one when this step already ran with the same `key` (and
         `still_valid(stored result)`, e.g. the files it names still exist)."""
         ckpt = step_checkpoint(self.work, name, key)
+        if not self.force:  # a folder holding another model's results is refused, never reused or overwritten
+            from ...core.identity import check_same_model
+
+            found = ckpt.read()
+            if found is not None:
+                check_same_model(found[1].get("model_identity"), self.identity,
+                                 f"the '{self._log_name(name)}' step stored in {self.out}",
+                                 fix="choose another --out, or pass --overwrite to recompute every step there")
         stored = None if self.force else load_step(ckpt)
         if stored is not None and still_valid(stored["result"]):
             print(f"   {name}: done in an earlier run ({stored.get('seconds', 0):.0f} s then), skipped", flush=True)
@@ -73,7 +99,7 @@ class _Run:
         t = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t
-        ckpt.save({}, {"key": key, "seconds": seconds, "result": result})
+        ckpt.save({}, {"key": key, "seconds": seconds, "result": result, "model_identity": self.identity})
         self.log.append({"step": self._log_name(name), "skipped": False, "seconds": seconds})
         return result
 

@@ -128,7 +128,7 @@ def test_check_same_model_table(recorded, current, same):
         with pytest.raises(ModelMismatchError) as err:
             check_same_model(recorded, current, "score file s.safetensors")
         msg = str(err.value)
-        assert "\n" not in msg and msg.startswith("score file s.safetensors was made from another model")
+        assert "\n" not in msg and msg.startswith("score file s.safetensors: made from another model")
         assert describe_identity(recorded) in msg and describe_identity(current) in msg
 
 
@@ -167,7 +167,7 @@ def _score(model, tok, out, **changes):
 
 REUSE = [
     # (case, what the second call changes, phrase of the refusal)
-    ("other weights", dict(model="B"), "was made from another model"),
+    ("other weights", dict(model="B"), "made from another model"),
     ("other max_length", dict(max_length=16), "max_length 24 (now 16)"),
     ("other texts", dict(n=3), "num_texts 2 (now 3)"),
     ("other corpus", dict(source="FILE"), "source 'embedded' (now 'file:"),
@@ -244,7 +244,7 @@ def test_checkpoints_resume_only_on_their_own_weights(two_models, tmp_path):
         Checkpoint(path, "fp", "test checkpoint", identity=ident_a).save({"x": torch.ones(2)}, {"done": 1})
         assert Checkpoint(path, "fp", "test checkpoint", identity=ident_a).load()[1]["done"] == 1
         assert Checkpoint(path, "fp", "test checkpoint").load() is not None  # no identity asked: earlier callers
-        with pytest.raises(ModelMismatchError, match=f"test checkpoint {path} was made from another model"):
+        with pytest.raises(ModelMismatchError, match=f"test checkpoint {path}: made from another model"):
             Checkpoint(path, "fp", "test checkpoint", identity=ident_b).load()
         assert Checkpoint(path, "fp", "test checkpoint", identity=ident_b, replace=True).load() is None
 
@@ -256,7 +256,7 @@ def test_heads_refuses_score_files_of_two_models(two_models, tmp_path):
     a, b, tok = two_models
     score_languages(a, tok, ["en"], out_dir=tmp_path, **SCORE_ARGS)
     score_languages(b, tok, ["de"], out_dir=tmp_path, **SCORE_ARGS)
-    with pytest.raises(ModelMismatchError, match="the scores of 'en' was made from another model|the scores of 'de'"):
+    with pytest.raises(ModelMismatchError, match="the scores of '(en|de)': made from another model"):
         classify_heads(load_scores(tmp_path))
     score_languages(a, tok, ["de"], out_dir=tmp_path / "one", **SCORE_ARGS)
     score_languages(a, tok, ["en"], out_dir=tmp_path / "one", **SCORE_ARGS)
@@ -272,7 +272,7 @@ def test_train_mask_refuses_scores_of_other_weights(two_models):
     scores_a = score_heads(a, tok, ["The fox jumps over the dog."] * 2, language="de", progress=False)
     rows = [{"id": "1", "context": "Berlin ist die Hauptstadt.", "question": "Was ist die Hauptstadt?",
              "answers": {"text": ["Berlin"]}}]
-    with pytest.raises(ModelMismatchError, match="the de LAHIS scores was made from another model"):
+    with pytest.raises(ModelMismatchError, match="the de LAHIS scores: made from another model"):
         train_mask(b, tok, "de", scores_a, n=1, epochs=1, rows=rows)
     mask = train_mask(a, tok, "de", scores_a, n=1, epochs=1, rows=rows)
     assert mask.model_identity == model_identity(a)
@@ -301,7 +301,7 @@ def test_reproduce_steps_refuse_a_folder_of_other_weights_and_reruns_do_not_load
     monkeypatch.setattr("lahis_ctrl.core.loading.load_model", _load_model)
     for key in ({"k": 1}, {"k": 2}):  # same settings or not: another model's folder is refused
         other = _Run(str(b), "float32", None, None, out)
-        with pytest.raises(ModelMismatchError, match="'scores' step stored in .* was made from another model"):
+        with pytest.raises(ModelMismatchError, match="'scores' step stored in .*: made from another model"):
             other.step("scores", key, lambda: pytest.fail("recomputed into another model's folder"))
     assert _snapshot(out) == stored
     forced = _Run(str(b), "float32", None, None, out, force=True)
@@ -313,7 +313,7 @@ DEMO = ["--lang", "en", "--languages", "[en, de]", "--texts", "2", "--max_length
 
 
 @pytest.mark.parametrize("case, model, change, phrase", [
-    ("other weights", "b", [], "was made from another model"),
+    ("other weights", "b", [], "made from another model"),
     ("other language", "a", ["--lang", "de"], "lang 'en' (now 'de')"),
     ("other epochs", "a", ["--epochs", "2"], "epochs 1 (now 2)"),
     ("other texts", "a", ["--texts", "3"], "texts 2 (now 3)"),

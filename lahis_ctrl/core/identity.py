@@ -159,7 +159,7 @@ def check_same_model(recorded: Optional[Mapping[str, Any]], current: Optional[Ma
     `current` (this run's model) are not the same model. A field missing on either side is not a mismatch."""
     if same_model(recorded, current):
         return
-    raise ModelMismatchError(f"{what} was made from another model: {describe_identity(recorded)}, not "
+    raise ModelMismatchError(f"{what}: made from another model, {describe_identity(recorded)}, not "
                              f"{describe_identity(current)}; {fix}")
 
 

@@ -121,17 +121,19 @@ def check_fits(what: str, facts: Mapping[str, Any], shape: tuple[int, int], spec
     head_dim) with a [layers, heads] `shape` fits the model described by `spec` (a ModelSpec)."""
     from .errors import MaskMismatchError
 
-    mine = (f"{what} for {facts.get('model_type')} '{facts.get('model_name') or '?'}' [{shape[0]} layers x "
-            f"{shape[1]} heads, head_dim {facts.get('head_dim')}]")
-    theirs = (f"model {spec.model_type} '{spec.name_or_path or '?'}' [{spec.num_layers} layers x {spec.num_heads} "
-              f"heads, head_dim {spec.head_dim}]")
+    # each message names both sides by what differs, and only that (never "head_dim 16 vs head_dim 16")
+    mine = f"{what} for {facts.get('model_type')} '{facts.get('model_name') or '?'}'"
+    theirs = f"model {spec.model_type} '{spec.name_or_path or '?'}'"
     fix = f"Use a {what} made for this model."
     if tuple(shape) != tuple(spec.shape):
-        raise MaskMismatchError(f"shape mismatch: {mine} vs {theirs}. {fix}")
+        raise MaskMismatchError(f"shape mismatch: {mine} [{shape[0]} layers x {shape[1]} heads] vs {theirs} "
+                                f"[{spec.num_layers} layers x {spec.num_heads} heads]. {fix}")
     if model_family(str(facts.get("model_type"))) != model_family(spec.model_type):
-        raise MaskMismatchError(f"model_type mismatch: {mine} vs {theirs}. {fix}")
+        raise MaskMismatchError(f"model_type mismatch: {mine} vs {theirs} (the same {shape[0]} layers x {shape[1]} "
+                                f"heads, another architecture). {fix}")
     if facts.get("head_dim") and spec.head_dim and facts.get("head_dim") != spec.head_dim:
-        raise MaskMismatchError(f"head_dim mismatch: {mine} vs {theirs}. {fix}")
+        raise MaskMismatchError(f"head_dim mismatch: {mine} has head_dim {facts.get('head_dim')}, {theirs} has "
+                                f"head_dim {spec.head_dim}. {fix}")
 
 
 class Checkpoint:

@@ -1,6 +1,7 @@
-"""`lahis audit`: parsing real lm-eval samples, `lahis evaluate` output, jsonl, csv and text; report numbers and
-their Wilson intervals; bad input; the CI gate; all-or-nothing writes; --compare (paired change in off-target rate)
-and --metric lcb (the Language Confusion Benchmark)."""
+"""`lahis audit`: parsing real lm-eval samples, `lahis evaluate` output, jsonl, csv and text; report numbers named
+by what they count (off-target rate among decided outputs, shares among all) and their Wilson intervals; conditions
+(runs, masks) never pooled; bad input; the CI gate; all-or-nothing writes and no replaced report of another audit;
+--compare (paired change in off-target rate) of two files or two conditions of one file; --metric lcb."""
 
 import json
 import os
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from lahis_ctrl import audit as audit_mod
 from lahis_ctrl.eval.audit import read_records, run_audit, task_language
 from lahis_ctrl.cli import main
 from lahis_ctrl.core.errors import LahisError
@@ -130,13 +130,15 @@ def test_lm_eval_samples_folder(lm_eval_samples, tmp_path):
 
     assert main(["audit", str(lm_eval_samples), "--out", str(tmp_path / "rep")]) == 0  # a folder of samples
     report = json.loads((tmp_path / "rep" / "audit.json").read_text())
-    assert report["n"] == 6 and [(r["group"], r["expected"], r["n"]) for r in report["rows"]] == [
-        ("audit_gen_de", "de", 3), ("audit_gen_fr", "fr", 3)]
+    run = files[0].parent.name  # the run: the model folder lm-eval wrote (no results file here names a mask)
+    assert report["n"] == 6 and [(r["run"], r["group"], r["expected"], r["n"]) for r in report["rows"]] == [
+        (run, "audit_gen_de", "de", 3), (run, "audit_gen_fr", "fr", 3)]
     assert (tmp_path / "rep" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_lm_eval_two_runs_and_two_filters(tmp_path):
-    """Two runs of one task in a folder are reported apart; so are a task's filters."""
+def test_lm_eval_runs_are_labelled_by_model_mask_and_date(tmp_path):
+    """Runs of one task are reported apart, each labelled by its model folder, the mask its results file records
+    and (only where that would name two runs) its date; a task's filters are reported apart too."""
     src = sorted(COMMITTED_SAMPLES.rglob("samples_audit_gen_de_*.jsonl"))[0]
     rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()]
     (tmp_path / "a").mkdir()
@@ -145,11 +147,22 @@ def test_lm_eval_two_runs_and_two_filters(tmp_path):
     write_jsonl(tmp_path / "b" / "samples_audit_gen_de_2026-01-02T00-00-00.000001.jsonl",
                 rows + [{**r, "filter": "strict", "filtered_resps": ["Der Hund bellt."]} for r in rows])
     records, _ = read_records(tmp_path)
-    groups = [r.group for r in records]
-    assert groups == ["audit_gen_de (2026-01-01T00-00-00.000001)"] * 3 + \
-        ["audit_gen_de (2026-01-02T00-00-00.000001)[none]"] * 3 + \
-        ["audit_gen_de (2026-01-02T00-00-00.000001)[strict]"] * 3
+    assert [(r.run, r.group) for r in records] == [("a", "audit_gen_de")] * 3 + [("b", "audit_gen_de[none]")] * 3 + \
+        [("b", "audit_gen_de[strict]")] * 3
     assert [r.text for r in records[6:]] == ["Der Hund bellt."] * 3
+    # two runs in one folder: lahis_hf's results name their masks; where the label is the same, the date tells
+    run = tmp_path / "c" / "tiny"
+    run.mkdir(parents=True)
+    for date, mask in (("2026-01-01T00-00-00.000001", {"source": "/m/de-top.safetensors", "mode": "fold"}),
+                       ("2026-01-02T00-00-00.000001", None), ("2026-01-03T00-00-00.000001", None)):
+        write_jsonl(run / f"samples_audit_gen_de_{date}.jsonl", rows)
+        (run / f"results_{date}.json").write_text(json.dumps({"config": {"model": "lahis_hf", "lahis_mask": mask}}))
+    records, _ = read_records(tmp_path / "c")
+    assert list(dict.fromkeys(r.run for r in records)) == [
+        "tiny mask=de-top.safetensors", "tiny mask=none (2026-01-02T00-00-00.000001)",
+        "tiny mask=none (2026-01-03T00-00-00.000001)"]
+    report = run_audit(tmp_path / "c", plot=False)
+    assert len(report["conditions"]) == 3 and "all" not in {c["name"] for c in report["conditions"]}
 
 
 def test_lm_eval_loglikelihood_samples(tmp_path):
@@ -179,7 +192,7 @@ def test_task_without_language():
 
 def test_evaluate_output_report(tmp_path, capsys):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
-    assert main(["audit", str(path), "--details", "true"]) == 0
+    assert main(["audit", str(path), "--details"]) == 0
     out_dir = tmp_path / "eval.audit"
     report = json.loads((out_dir / "audit.json").read_text())
     assert report["format"] == "evaluate" and report["grouped"] and report["n"] == 16
@@ -188,25 +201,33 @@ def test_evaluate_output_report(tmp_path, capsys):
                           ("mask_de", "de"), ("mask_de", "en"), ("mask_de", "es")]
     base, masked = rows[("baseline", "de")], rows[("mask_de", "de")]
     assert (base["n"], base["on_target"], base["off_target"], base["undetermined"]) == (4, 3, 0, 1)
-    assert (masked["n"], masked["on_target"], masked["off_target"], masked["undetermined"]) == (4, 1, 2, 1)
-    assert masked["off_target_rate"] == 0.5 and masked["top_wrong"] == [["en", 2]]
+    assert (masked["n"], masked["decided"], masked["on_target"], masked["off_target"], masked["undetermined"]) == \
+        (4, 3, 1, 2, 1)
+    # two numbers, two names: off-target among the decided outputs (lm-eval's off_target_rate) and among all
+    assert masked["off_target_rate"] == pytest.approx(2 / 3) and masked["off_target_share"] == 0.5
+    assert masked["undetermined_share"] == 0.25 and masked["top_wrong"] == [["en", 2]]
     assert masked["predicted"] == {"en": 2, "de": 1, "und": 1}
     assert masked["undetermined_reasons"] == {"no letters": 1}
     for lang in ("en", "es"):
         assert rows[("mask_de", lang)]["on_target"] == rows[("mask_de", lang)]["n"] == 2
-    assert (report["on_target"], report["off_target"], report["undetermined"]) == (12, 2, 2)
+    # the two masks are two conditions: totals per condition, never one pooled over both
+    assert "off_target" not in report and [(c["group"], c["n"], c["off_target"]) for c in report["conditions"]] == [
+        ("baseline", 8, 0), ("mask_de", 8, 2)]
 
-    # every rate with its 95% Wilson interval: 1/4 -> [4.6, 69.9], 2/4 -> [15.0, 85.0] (closed form in
-    # test_wilson_intervals_in_every_rate)
-    assert masked["off_target_ci"] == pytest.approx(list(wilson(2, 4)), abs=1e-12)
+    # every figure with its 95% Wilson interval: 2/3 -> [20.8, 93.9], 2/4 -> [15.0, 85.0] (closed form in
+    # test_wilson_intervals_in_every_figure)
+    assert masked["off_target_rate_ci"] == pytest.approx(list(wilson(2, 3)), abs=1e-12)
+    assert masked["off_target_share_ci"] == pytest.approx(list(wilson(2, 4)), abs=1e-12)
     md = (out_dir / "audit.md").read_text()
-    assert ("| mask_de | de | 4 | 1 (25.0% [4.6, 69.9]) | 2 (50.0% [15.0, 85.0]) | 1 (25.0% [4.6, 69.9]) | en (2) "
-            "| no letters (1) |") in md
-    assert "| expected | de | en | es | und |" in md and "| mask_de / de | 1 | 2 | 0 | 1 |" in md
+    assert ("| mask_de | de | 4 | 3 | 2 of 3: 66.7% [20.8, 93.9] | 25.0% [4.6, 69.9] | 50.0% [15.0, 85.0] | "
+            "1: 25.0% [4.6, 69.9] | en (2) | no letters (1) |") in md
+    assert "| row | de | en | es | und |" in md and "| mask_de / de | 1 | 2 | 0 | 1 |" in md
+    assert "## What the figures count" in md and "`off_target_rate`: off-target outputs among the decided" in md
     examples = [json.loads(x) for x in (out_dir / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == 16 and examples[0]["source"] == f"{path}:1" and examples[0]["lang"] == "de"
     printed = capsys.readouterr().out
-    assert "mask_de / de" in printed and "50.0%" in printed
+    assert re.search(r"\nmask_de / de +4 +3 +66\.7% \[20\.8, 93\.9\] +50\.0% +25\.0% +en:2\n", printed)
+    assert re.search(r"\nmask_de \(all languages\) +8 +7 +28\.6% \[8\.2, 64\.1\] +25\.0% +12\.5%", printed)
 
 
 def test_real_evaluate_output(tmp_path, tok):
@@ -257,6 +278,17 @@ def test_default_fields(tmp_path):
     assert [(r.text, r.expected) for r in records] == [(EN[0], "en"), (DE[0], "de")]
     records, _ = read_records(path, expected="fr")  # --expected overrides the fields
     assert [r.expected for r in records] == ["fr", "fr"]
+
+
+def test_a_condition_of_one_file(tmp_path):
+    """INPUT:FIELD=VALUE audits the lines of one condition (one mask of `lahis evaluate` output)."""
+    path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
+    report = run_audit(f"{path}:mask=mask_de", plot=False)
+    assert [(r["group"], r["expected"], r["off_target"]) for r in report["rows"]] == [
+        ("mask_de", "de", 2), ("mask_de", "en", 0), ("mask_de", "es", 0)]
+    assert Path(report["written"]["json"]).parent == tmp_path / "eval.mask-mask_de.audit"
+    with pytest.raises(LahisError, match=r"no record has mask = 'lahis'"):
+        run_audit(f"{path}:mask=lahis", plot=False)
 
 
 def test_plain_text(tmp_path):
@@ -333,17 +365,16 @@ def test_skip_bad_counts_lines(tmp_path):
 
 def test_max_off_target_gate(tmp_path, capsys):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
-    with pytest.raises(SystemExit) as exc:  # mask_de / de is 50% off-target
-        main(["audit", str(path), "--max_off_target", "0.4", "--plot", "false"])
-    assert exc.value.code == 1
-    assert "off-target rate above 0.4 for mask_de / de 50.0%" in capsys.readouterr().err
+    # mask_de / de: 2 of its 3 decided outputs are off-target: exit status 1
+    assert main(["audit", str(path), "--max_off_target", "0.4", "--plot", "false"]) == 1
+    assert "off_target_rate (off-target / decided) above 0.4 for mask_de / de 66.7%" in capsys.readouterr().err
     report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())  # the report is still written
     assert report["gate"]["passed"] is False and report["gate"]["failed"] == [
-        {"group": "mask_de", "expected": "de", "rate": 0.5}]
-    assert main(["audit", str(path), "--max_off_target", "0.5", "--plot", "false"]) == 0
-    # undetermined counted as off-target: mask_de / de is then 75%
-    with pytest.raises(SystemExit):
-        main(["audit", str(path), "--max_off_target", "0.6", "--undetermined_as_off", "true", "--plot", "false"])
+        {"run": None, "group": "mask_de", "expected": "de", "rate": pytest.approx(2 / 3)}]
+    assert main(["audit", str(path), "--max_off_target", "0.7", "--plot", "false", "--overwrite"]) == 0
+    # undetermined counted as off-target: mask_de / de is then 3 of 4
+    assert main(["audit", str(path), "--max_off_target", "0.7", "--undetermined_as_off", "--plot", "false",
+                 "--overwrite"]) == 1
     assert main(["audit", str(path), "--max_off_target", "1.5"]) == 2
 
 
@@ -358,11 +389,34 @@ def test_failed_run_keeps_previous_report(tmp_path, monkeypatch):
         Path(p).write_bytes(b"half")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(audit_mod, "_plot", broken_plot)
+    monkeypatch.setattr("lahis_ctrl.eval.audit.report.plot_audit", broken_plot)
     write_jsonl(path, evaluate_rows()[:3])
     with pytest.raises(RuntimeError, match="disk full"):
         run_audit(path, out=out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left, nothing replaced
+
+
+def test_a_second_audit_never_replaces_another_report(tmp_path, capsys):
+    """Another input, metric or settings into the same folder is refused (an LCB report was lost that way); the
+    same audit again rewrites the same bytes; --overwrite replaces it, leaving no file of the old report."""
+    a, b = two_runs(tmp_path)
+    out = tmp_path / "rep"
+    assert main(["audit", str(a), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["audit", str(a), "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "audit.png"} == \
+        {k: v for k, v in before.items() if k != "audit.png"}
+    capsys.readouterr()
+    for argv in (["audit", str(b), "--out", str(out)], ["audit", str(a), "--out", str(out), "--min_confidence", "0.7"],
+                 ["audit", str(a), "--compare", str(b), "--out", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lahis: error: {out} already holds") and "--overwrite" in err and err.count("\n") == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["audit", str(a), "--compare", str(b), "--out", str(out), "--overwrite", "--plot", "false"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json", "audit.md"]  # the old audit.png went with it
+    # each kind of report has its own default folder: the off-target, the LCB and the comparison reports coexist
+    assert main(["audit", str(a), "--compare", str(b)]) == 0 and (tmp_path / "a.audit-compare" / "audit.json").is_file()
 
 
 def test_glotlid_backend_from_the_cli(tmp_path):
@@ -396,26 +450,36 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
 
 
-def test_wilson_intervals_in_every_rate(tmp_path, capsys):
+def test_wilson_intervals_in_every_figure(tmp_path, capsys):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
     assert main(["audit", str(path)]) == 0
     report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())
     assert report["confidence"] == 0.95 and report["interval"] == "Wilson score"
-    for row in report["rows"] + [report]:
+    for row in report["rows"] + report["conditions"]:
         for key in ("on_target", "off_target", "undetermined"):
             want = list(wilson(row[key], row["n"]))
-            assert row[f"{key}_ci"] == pytest.approx(want, abs=1e-12), (row.get("group"), key)
-            low, high = row[f"{key}_ci"]
-            assert low <= row[f"{key}_rate"] <= high
-    # totals: 2 of 16 off-target -> 12.5% [3.5, 36.0]
-    assert report["off_target_ci"] == pytest.approx([0.03497748774324047, 0.36022827265758683], abs=1e-12)
+            assert row[f"{key}_share_ci"] == pytest.approx(want, abs=1e-12), (row.get("group"), key)
+            low, high = row[f"{key}_share_ci"]
+            assert low <= row[f"{key}_share"] <= high
+        assert row["off_target_rate_ci"] == pytest.approx(list(wilson(row["off_target"], row["decided"])), abs=1e-12)
+    # the masked condition: 2 of its 7 decided outputs off-target -> 28.6% [8.2, 64.1]
+    masked = report["conditions"][1]
+    assert masked["off_target_rate_ci"] == pytest.approx(list(wilson(2, 7)), abs=1e-12)
     md = (tmp_path / "eval.audit" / "audit.md").read_text()
-    assert "- texts: 16; on-target 75.0% [50.5, 89.8], off-target 12.5% [3.5, 36.0], undetermined 12.5% [3.5, 36.0]" \
-        in md
-    assert "| baseline | de | 4 | 3 (75.0% [30.1, 95.4]) | 0 (0.0% [0.0, 49.0]) |" in md
-    printed = capsys.readouterr().out
-    assert re.search(r"\nmask_de / de +4 +25\.0% +50\.0% \[15\.0, 85\.0\] +25\.0% +en:2\n", printed)
-    assert re.search(r"\nall +16 +75\.0% +12\.5% \[3\.5, 36\.0\] +12\.5%\n", printed)
+    assert "| mask_de | de, en, es | 8 | 7 | 28.6% [8.2, 64.1] | 25.0% [7.1, 59.1] | 12.5% [2.2, 47.1] |" in md
+    assert "| baseline | de | 4 | 3 | 0 of 3: 0.0% [0.0, 56.1] | 75.0% [30.1, 95.4] | 0.0% [0.0, 49.0] |" in md
+
+
+def test_an_undetermined_output_shows_its_best_guess(tmp_path):
+    """A short English answer to a German prompt that the language ID cannot call with confidence stays
+    undetermined, but its best guess is reported, so an off-target answer is not hidden."""
+    path = write_jsonl(tmp_path / "g.jsonl", [{"text": "The dog barks loudly in the garden.", "lang": "de"},
+                                             {"text": DE[0], "lang": "de"}])
+    (row,) = run_audit(path, plot=False)["rows"]
+    assert (row["undetermined"], row["undetermined_reasons"], row["undetermined_guesses"]) == (1, {"low confidence": 1},
+                                                                                              {"en": 1})
+    md = (tmp_path / "g.audit" / "audit.md").read_text()
+    assert "low confidence (1; best guess en: 1)" in md
 
 
 def test_plot_draws_error_bars(tmp_path, monkeypatch):
@@ -433,9 +497,9 @@ def test_plot_draws_error_bars(tmp_path, monkeypatch):
     assert (tmp_path / "r" / "audit.png").read_bytes()[:4] == b"\x89PNG"
     assert len(calls) == 3  # on-target, off-target, undetermined: one bar per row each, with its interval
     for (values, xerr), key in zip(calls, ("on_target", "off_target", "undetermined")):
-        assert values == [r[f"{key}_rate"] for r in report["rows"]]
+        assert values == pytest.approx([100 * r[f"{key}_share"] for r in report["rows"]])  # in %, like the tables
         for v, lo, hi, r in zip(values, xerr[0], xerr[1], report["rows"]):
-            assert (v - lo, v + hi) == pytest.approx(tuple(r[f"{key}_ci"]), abs=1e-12)
+            assert (v - lo, v + hi) == pytest.approx(tuple(100 * x for x in r[f"{key}_share_ci"]), abs=1e-9)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -456,8 +520,10 @@ def test_compare_two_runs_by_item_id(tmp_path, capsys):
 
     a, b = two_runs(tmp_path)
     assert main(["audit", str(a), "--compare", str(b)]) == 0
-    report = json.loads((tmp_path / "a.audit" / "audit.json").read_text())
-    c = report["compare"]["comparison"]
+    report = json.loads((tmp_path / "a.audit-compare" / "audit.json").read_text())
+    (comp,) = report["comparisons"]
+    assert (comp["a"], comp["b"]) == (f"`{a}`", f"`{b}`")
+    c = comp["comparison"]
     assert c["matched_by"] == "item id" and c["n_items"] == 8 and c["method"] == METHOD_MCNEMAR
     rows = {r["expected"]: r for r in c["rows"]}
     assert list(rows) == ["de", "en", "es", "all"]
@@ -474,19 +540,21 @@ def test_compare_two_runs_by_item_id(tmp_path, capsys):
     assert en["change_ci"] == pytest.approx(list(paired_difference([0, 0], [0, 0]).ci))
     assert (rows["all"]["n_pairs"], rows["all"]["dropped_undetermined"]) == (7, 1)
     assert rows["all"]["change"] == pytest.approx(2 / 7) and rows["all"]["p_value"] == 0.5
-    # B's own audit rides along
-    assert report["compare"]["input"] == str(b) and report["compare"]["off_target"] == 2
-    md = (tmp_path / "a.audit" / "audit.md").read_text()
+    # both runs are in the report, as runs A and B of their own rows (and of audit.png)
+    assert report["compare_input"] == str(b)
+    assert [(r["run"], r["group"], r["expected"], r["off_target"]) for r in report["rows"]][2:4] == [
+        ("A", "baseline", "es", 0), ("B", "mask_de", "de", 2)]
+    md = (tmp_path / "a.audit-compare" / "audit.md").read_text()
     assert "## Change in off-target rate: B - A" in md and "pairs where either output is undetermined are dropped " \
-        "(1 of 8)" in md
+        "(1 of 8)" in md and f"- A: `{a}`" in md and f"- B: `{b}`" in md
     assert "| de | 4 | 3 | 1 | 0.0% [0.0, 56.1] | 66.7% [20.8, 93.9] | 0 | 2 | +66.7 [" in md
-    assert (tmp_path / "a.audit" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "a.audit-compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "change in off-target rate B - A (item id; pairs with an undetermined output dropped)" in printed
     assert re.search(r"\nde\s+3\s+1\s+0\.0%\s+66\.7%\s+\+66\.7 \[.*\]\s+0\.5\n", printed)
     # undetermined counted as off-target: nothing dropped, de-num is off in both runs
     report = run_audit(a, compare=b, undetermined_as_off=True, plot=False, out=tmp_path / "u")
-    de = report["compare"]["comparison"]["rows"][0]
+    de = report["comparisons"][0]["comparison"]["rows"][0]
     assert (de["n_pairs"], de["dropped_undetermined"], de["off_target_a"], de["off_target_b"]) == (4, 0, 1, 3)
 
 
@@ -500,7 +568,7 @@ def test_compare_lm_eval_runs_by_doc_id(tmp_path):
             r["filtered_resps"] = ["Der Hund schläft den ganzen Tag auf dem Sofa im Wohnzimmer."]
         write_jsonl(b_dir / f.name.replace("2026-11-25", "2026-12-01"), rows[::-1])
     report = run_audit(COMMITTED_SAMPLES, compare=tmp_path / "b", plot=False, out=tmp_path / "r")
-    c = report["compare"]["comparison"]
+    c = report["comparisons"][0]["comparison"]
     assert c["matched_by"] == "item id" and c["n_items"] == 6
     rows = {r["expected"]: r for r in c["rows"]}
     # B answers German everywhere: off-target for the French task, on-target for the German one
@@ -513,28 +581,49 @@ def test_compare_by_line_order_and_mismatches(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("\n".join(DE) + "\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("\n".join([DE[0], EN[0], DE[2]]) + "\n", encoding="utf-8")
     report = run_audit(tmp_path / "a.txt", expected="de", compare=tmp_path / "b.txt", plot=False)
-    c = report["compare"]["comparison"]
+    c = report["comparisons"][0]["comparison"]
     assert c["matched_by"] == "line order" and c["rows"][0]["change"] == pytest.approx(1 / 3)
     # a text more in B: the first one without a counterpart is named
     (tmp_path / "c.txt").write_text("\n".join(DE + [EN[1]]) + "\n", encoding="utf-8")
     with pytest.raises(LahisError, match=r"A has 3 texts and B 4; text 4 of B \(.*c.txt:4\) has no counterpart in A"):
-        run_audit(tmp_path / "a.txt", expected="de", compare=tmp_path / "c.txt", plot=False)
+        run_audit(tmp_path / "a.txt", expected="de", compare=tmp_path / "c.txt", plot=False, overwrite=True)
     # the same ids are needed on both sides
     a, b = two_runs(tmp_path)
     rows = [json.loads(x) for x in b.read_text().splitlines()]
     write_jsonl(b, [r for r in rows if r["id"] != "es-1"])
     with pytest.raises(LahisError, match=r"do not hold the same items: item 'es-1' \(es\) of A \(.*a.jsonl:7\) is not "
                                          r"in B"):
-        run_audit(a, compare=b, plot=False)
+        run_audit(a, compare=b, plot=False, overwrite=True)
     write_jsonl(b, rows + [rows[0]])
     with pytest.raises(LahisError, match=r"B holds item 'de-num' \(de\) twice"):
-        run_audit(a, compare=b, plot=False)
+        run_audit(a, compare=b, plot=False, overwrite=True)
     capsys.readouterr()
-    assert main(["audit", str(a), "--compare", str(b)]) == 2
+    assert main(["audit", str(a), "--compare", str(b), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lahis: error: --compare: B holds item") and err.count("\n") == 1
     with pytest.raises(LahisError, match="needs a second run"):
-        run_audit(a, compare=a, plot=False)
+        run_audit(a, compare=a, plot=False, overwrite=True)
+
+
+def test_compare_two_conditions_inside_one_file(tmp_path, capsys):
+    """`lahis evaluate` writes every mask into one examples.jsonl: --compare_by mask compares each mask with the
+    first one, and FILE:mask=A --compare FILE:mask=B compares two of them; both give the numbers of two files."""
+    path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
+    a, b = two_runs(tmp_path)
+    files = run_audit(a, compare=b, plot=False, out=tmp_path / "files")["comparisons"][0]["comparison"]
+    assert main(["audit", str(path), "--compare_by", "mask"]) == 0
+    report = json.loads((tmp_path / "eval.audit-compare" / "audit.json").read_text())
+    (comp,) = report["comparisons"]
+    assert (comp["a"], comp["b"]) == (f"mask = baseline in `{path}`", f"mask = mask_de in `{path}`")
+    assert comp["comparison"]["rows"] == files["rows"]
+    assert "A = mask = baseline" in capsys.readouterr().out
+    sel = run_audit(f"{path}:mask=baseline", compare=f"{path}:mask=mask_de", plot=False, out=tmp_path / "sel")
+    assert sel["comparisons"][0]["comparison"]["rows"] == files["rows"]
+    one = write_jsonl(tmp_path / "one.jsonl", [r for r in evaluate_rows() if r["mask"] == "baseline"])
+    with pytest.raises(LahisError, match=r"--compare_by mask: .*one.jsonl holds one value of it \('baseline'\)"):
+        run_audit(one, compare_by="mask", plot=False)
+    with pytest.raises(LahisError, match="alternatives"):
+        run_audit(path, compare=a, compare_by="mask", plot=False)
 
 
 def test_csv_input_for_the_off_target_audit(tmp_path):
@@ -586,7 +675,7 @@ def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
 
     path = write_lcb_csv(tmp_path / "outputs.csv")
     assert main(["audit", str(path), "--metric", "lcb", "--details", "true"]) == 0
-    report = json.loads((tmp_path / "outputs.audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "outputs.lcb-audit" / "audit.json").read_text())
     assert report["metric"] == "lcb" and report["format"] == "csv" and report["n"] == 10
     lcb = report["lcb"]
     assert lcb["identifier"] == "fasttext:lid.176.ftz" and lcb["lid_threshold"] == 0.3
@@ -608,28 +697,30 @@ def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
     # the whole-text metric beside it: one label per completion -- the mixed fr completion is on-target there,
     # "Oui." is undetermined, the English one off-target
     w = fr["whole_text"]
-    assert (w["n"], w["on_target"], w["off_target"], w["undetermined"]) == (4, 2, 1, 1)
-    assert w["off_target_ci"] == pytest.approx(list(wilson(1, 4)), abs=1e-12)
+    assert (w["n"], w["decided"], w["on_target"], w["off_target"], w["undetermined"]) == (4, 3, 2, 1, 1)
+    assert w["off_target_share_ci"] == pytest.approx(list(wilson(1, 4)), abs=1e-12)
+    assert w["off_target_rate"] == pytest.approx(1 / 3)
     # overall: means over languages, no single proportion -> no interval; whole text pooled over both languages
     assert mono["overall"]["lpr"] == pytest.approx((1 / 3 + 1) / 2) and mono["overall"]["lpr_ci"] is None
     assert mono["overall"]["whole_text"]["n"] == 6 and mono["overall"]["skipped"] == 1
     # crosslingual de: the text after "\nQ:" counts for neither metric
     de = m1["tasks"]["crosslingual"]["per_language"]["de"]
     assert de["lpr"] == 0.5 and de["whole_text"]["off_target"] == 1
-    md = (tmp_path / "outputs.audit" / "audit.md").read_text()
+    md = (tmp_path / "outputs.lcb-audit" / "audit.md").read_text()
     assert "## m1" in md and "## m2" in md
-    assert "### monolingual: LPR 66.7 | WPR 50.0 | LCPR 57.1 | whole-text off-target 16.7% [3.0, 56.4]" in md
-    assert "| fr | 33.3 [6.1, 79.2] | - | 33.3\\* | 25.0% [4.6, 69.9] | 25.0% [4.6, 69.9] | 1 | 4 |" in md
+    assert "### monolingual: LPR 66.7 | WPR 50.0 | LCPR 57.1 | whole-text off-target rate 20.0% [3.6, 62.4]" in md
+    assert ("| fr | 33.3 [6.1, 79.2] | - | 33.3\\* | 33.3% [6.1, 79.2] | 25.0% [4.6, 69.9] | 25.0% [4.6, 69.9] | 1 "
+            "| 4 |") in md
     assert "| dolly_human_edited / ru | 2 | 0 | 100.0 [34.2, 100.0] | 50.0 [9.5, 90.5] | 0.0% [0.0, 65.8] |" in md
     # m2 / ja: its only completion has a line error, so no completion is left for the word level: the
     # benchmark's WPR of 1.0, marked as resting on nothing
     ja = lcb["models"][1]["tasks"]["monolingual"]["per_language"]["ja"]
     assert (ja["lpr"], ja["wpr"], ja["wpr_n"], ja["wpr_ci"]) == (0.0, 1.0, 0, None)
     assert "| ja | 0.0 [0.0, 79.3] | 100.0 (n=0) | 0.0 | 100.0% [20.7, 100.0] |" in md
-    examples = [json.loads(x) for x in (tmp_path / "outputs.audit" / "examples.jsonl").read_text().splitlines()]
+    examples = [json.loads(x) for x in (tmp_path / "outputs.lcb-audit" / "examples.jsonl").read_text().splitlines()]
     assert [e["line_error"] for e in examples[:4]] == [False, True, None, True] and examples[2]["skipped"]
     assert examples[5]["english_tokens"] == ["computer"] and examples[1]["whole_text_lang"] == "fr"
-    assert (tmp_path / "outputs.audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "outputs.lcb-audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "m1 / monolingual: LPR 66.7  WPR 50.0  LCPR 57.1" in out and "fr         33.3      -   33.3" in out
 
@@ -666,7 +757,7 @@ def test_lcb_metric_bad_input(tmp_path, capsys):
     assert main(["audit", str(path), "--metric", "lcb"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lahis: error: ") and err.count("\n") == 1
-    assert not (tmp_path / "no_task.audit").exists()
+    assert not (tmp_path / "no_task.lcb-audit").exists()
     bad = write_lcb_csv(tmp_path / "bad.csv", [("m", "x", "summary", "okapi", "fr"), ("m", "y", "monolingual", "okapi",
                                                                                        "French")])
     with pytest.raises(LahisError, match=r"bad.csv:2: unknown LCB task 'summary'"):
@@ -694,7 +785,7 @@ def test_lcb_metric_with_another_language_id_model(tmp_path):
     path = write_lcb_csv(tmp_path / "outputs.csv")
     assert main(["audit", str(path), "--metric", "lcb", "--backend", "glotlid", "--lid_model", str(model),
                  "--plot", "false"]) == 0
-    report = json.loads((tmp_path / "outputs.audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "outputs.lcb-audit" / "audit.json").read_text())
     assert report["lcb"]["identifier"] == "fasttext:tiny_glotlid.ftz"  # the same model file, read raw
     assert report["backend"] == "glotlid:tiny_glotlid.ftz"
     assert main(["audit", str(path), "--metric", "lcb", "--lid_model", str(tmp_path / "none.bin")]) == 2

@@ -94,16 +94,16 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
     model_dir = save_tiny(tmp_path / "tiny", "llama")
     mask_path = tmp_path / "random.safetensors"
-    rc = main(["train-mask", "--lang", "en", "--model", str(model_dir), "--heads", "random", "--trainable_heads", "2",
+    rc = main(["train-mask", "--lang", "en", "--model", str(model_dir), "--pick", "random", "--trainable_heads", "2",
                "--epochs", "1", "--data", "embedded", "--train_size", "2", "--max_length", "64",
                "--out", str(mask_path)])
     assert rc == 0 and mask_path.is_file()
     mask = HeadMask.load(mask_path)
     assert mask.method == "random-soft-mask" and len(mask.changed_heads()) == 2
-    assert (tmp_path / "random.safetensors.ckpt" / "epoch-001.safetensors").is_file()
+    assert not (tmp_path / "random.safetensors.ckpt").exists()  # per-epoch checkpoints go once the mask is written
     out = tmp_path / "eval"
     rc = main(["evaluate", "--lang", "en", "--model", str(model_dir), "--data", "embedded", "--limit", "2",
-               "--max_new_tokens", "2", "--masks", f"[none, random={mask_path}]", "--out", str(out)])
+               "--max_new_tokens", "2", "--mask", f"[none, random={mask_path}]", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "| original | 2 |" in text and "| random | 2 |" in text

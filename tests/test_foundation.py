@@ -390,19 +390,22 @@ def test_load_model_from_local_dir(tmp_path, tok):
 
 
 def test_cli_accepts_dashed_option_names_comma_lists_and_bare_flags():
-    from lahis_ctrl.cli import COMMANDS, _load, _PASSTHROUGH
+    from lahis_ctrl.cli import commands
     from lahis_ctrl.cli.options import normalize_argv
 
-    commands = {name: _load(name, spec) for name, spec in COMMANDS.items()}
-    norm = lambda *a: normalize_argv(list(a), commands, _PASSTHROUGH)  # noqa: E731
+    found = commands()
+    norm = lambda *a: normalize_argv(list(a), found)[0]  # noqa: E731
     assert norm("audit", "x.jsonl", "--max-off-target", "0.1", "--skip-bad=true", "--lang_field", "a-b") \
         == ["audit", "x.jsonl", "--max_off_target", "0.1", "--skip_bad", "true", "--lang_field", "a-b"]
-    assert norm("eval", "--model-args", "x") == ["eval", "--model-args", "x"]  # lm_eval's own parser
     assert norm("info", "M", "--modules") == ["info", "M", "--modules", "true"]
+    assert norm("info", "--modules", "M") == ["info", "--modules", "true", "M"]  # a bare flag before a positional
     assert norm("info", "M", "--modules", "--arch", "{}") == ["info", "M", "--modules", "true", "--arch", "{}"]
-    assert norm("ppl", "--scores", "s", "--languages", "en,de") == ["ppl", "--scores", "s", "--languages", "[en, de]"]
+    assert norm("ppl", "s", "--languages", "en,de") == ["ppl", "s", "--languages", "[en, de]"]
+    assert norm("ppl", "s", "--languages", "en") == ["ppl", "s", "--languages", "[en]"]  # a list of one
     assert norm("ppl", "--languages", "[en, de]") == ["ppl", "--languages", "[en, de]"]
+    assert norm("evaluate", "--mask", "none") == ["evaluate", "--mask", "[none]"]
     assert norm("reproduce", "--scoring.languages=en,de,es") == ["reproduce", "--scoring.languages", "[en, de, es]"]
+    assert normalize_argv(["-q", "-v", "-qq", "info", "M"], found) == (["info", "M"], -2)  # the package's logger
 
 
 def test_atomic_writes_keep_old_file_on_error_and_use_normal_permissions(tmp_path):

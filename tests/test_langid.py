@@ -1,5 +1,6 @@
 """Language identification: known-language sentences, agreement across backends, cleaning, threshold, errors."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -131,8 +132,44 @@ def test_min_chars():
     assert not get_identifier("fasttext", min_chars=3).predict("Oui")[0].reason.startswith("too short")
     p = get_identifier("fasttext", min_chars=4).predict("Oui")[0]
     assert p.reason == "too short (3 letters < 4)"
-    p = get_identifier("fasttext", min_chars=1, min_confidence=0.0).predict("北京")[0]
-    assert p.determined
+    p = get_identifier("fasttext", min_chars=1, min_confidence=0.0).predict("서울")[0]
+    assert p.determined and p.lang == "ko"
+
+
+def test_script_decides_chinese_vs_japanese():
+    """Kana rule out Chinese, enough Han characters without kana rule out Japanese, and a short run of Han characters
+    alone is honestly undetermined (it reads the same in both)."""
+    lid = get_identifier("fasttext", min_chars=1)
+    assert [p.lang for p in lid.predict(["東京は日本の首都です", "北京是中国的首都", "我们明天去北京"])] == ["ja", "zh", "zh"]
+    short = lid.predict("北京")[0]
+    assert short.reason == "Han characters without kana (2 < 6): Chinese or Japanese" and not short.determined
+    # NTREX-128's Chinese sentences cut to 10 characters: the shipped model called 7% of them Japanese before
+    data = os.environ.get("LAHIS_DATA_DIR")
+    zh = Path(data or "", "ntrex128", "zh.txt")
+    if not zh.is_file():
+        pytest.skip("needs NTREX-128 (LAHIS_DATA_DIR)")
+    snippets = [line[:10] for line in zh.read_text(encoding="utf-8").splitlines()[:200]]
+    preds = get_identifier().predict(snippets)
+    assert sum(p.lang == "ja" for p in preds) == 0
+    assert sum(p.lang == "zh" for p in preds) >= 0.75 * len(snippets)
+
+
+def test_script_filter_renormalises_over_the_labels_the_script_allows():
+    from lahis_ctrl.eval.langid import script_filter
+
+    ranked = [("__label__ja", 0.6), ("__label__zh", 0.3), ("__label__en", 0.1)]
+    kept, reason = script_filter("我们明天去北京看看", ranked)  # 9 Han characters, no kana: not ja, not en
+    assert reason is None and [label for label, _ in kept] == ["__label__zh"] and kept[0][1] == pytest.approx(1.0)
+    kept, _ = script_filter("Москва", [("__label__ru", 0.5), ("__label__en", 0.25), ("__label__uk", 0.25)])
+    assert kept == [("__label__ru", pytest.approx(2 / 3)), ("__label__uk", pytest.approx(1 / 3))]
+    assert script_filter("plain text", [("__label__en", 0.4), ("__label__de", 0.3)]) == \
+        ([("__label__en", 0.4), ("__label__de", 0.3)], None)  # nothing ruled out: the backend's numbers as they are
+
+
+def test_an_undetermined_output_keeps_its_best_guess():
+    p = get_identifier().predict("The dog barks loudly in the garden.")[0]
+    assert not p.determined and p.reason.startswith("low confidence") and p.guess == "en"
+    assert get_identifier().predict("12345")[0].guess is None
 
 
 def test_get_identifier_is_cached_and_reads_env(monkeypatch, ft):

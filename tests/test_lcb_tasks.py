@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,7 +210,7 @@ def test_task_files_follow_the_conventions(task_manager):
         assert group["task"] == [f"lcb_{task}_{lang}" for lang in sorted(langs)]
         agg = {a["metric"]: a for a in group["aggregate_metric_list"]}
         assert agg["lpr"]["weight_by_size"] is False and agg["wpr"]["weight_by_size"] is False
-        assert "lcpr" not in agg and group["metadata"]["version"] == 1.0
+        assert "lcpr" not in agg and group["metadata"]["version"] == "lahis-2.0"
     assert yaml.safe_load((TASKS_FOLDER / "lcb.yaml").read_text())["task"] == ["lcb_monolingual", "lcb_crosslingual"]
     refs = re.findall(r"!function\s+([\w.]+)", (TASKS_FOLDER / "_lcb_common_yaml").read_text())
     assert {r.rsplit(".", 1)[1] for r in refs} == {"LCBTask", "lcb", "lcb_prompt", "process_lcb", "lcb_lpr",
@@ -221,13 +222,13 @@ def test_task_files_follow_the_conventions(task_manager):
 def test_task_config_generation_and_aggregations(task_manager, lcb_copy, monkeypatch):
     monkeypatch.setenv("LAHIS_DATA_DIR", str(lcb_copy))
     task = task_manager.load(["lcb_monolingual_ar"])["tasks"]["lcb_monolingual_ar"]
-    assert type(task).__name__ == "LCBTask" and task.VERSION == 1.0
+    assert type(task).__name__ == "LCBTask" and task.VERSION == "lahis-2.0"
     gen = task.config.generation_kwargs
     assert gen["until"] == ["\nQ:"] and gen["max_gen_toks"] == 100 and gen["do_sample"] is False
     agg = task.aggregation()
     assert (agg["lpr"], agg["wpr"], agg["lcpr"]) == (tu.lcb_lpr, tu.lcb_wpr, tu.lcb_lcpr)
     assert task.higher_is_better() == {"lpr": True, "wpr": True, "lcpr": True, "off_target_rate": False,
-                                       "undetermined_rate": False}
+                                       "off_target_share": False, "undetermined_share": False}
     docs = list(task.test_docs())
     assert [d["id"] for d in docs] == [f"monolingual/{f}/ar/{k}" for f in ("aya", "dolly", "okapi") for k in (0, 1)]
     assert docs[2]["source"] == "dolly_human_edited" and docs[2]["lcb_shots"] == 1 and docs[2]["lcb_chat_shots"] == 0
@@ -337,16 +338,16 @@ def test_process_results_per_completion():
     r = tu.process_lcb(doc, [answer(3, "ru")])
     assert r["lpr"] == r["wpr"] == r["lcpr"] == {"language": "ru", "source": "okapi", "skipped": False,
                                                  "line_error": False, "word_error": True}
-    assert (r["off_target_rate"], r["undetermined_rate"]) == (0.0, 0.0)
+    assert (r["off_target_rate"], r["off_target_share"], r["undetermined_share"]) == (0.0, 0.0, 0.0)
     r = tu.process_lcb({**doc, "language": "de"}, [answer(4, "de")])
     assert "wpr" not in r and r["lpr"]["line_error"] is True and r["off_target_rate"] == 0.0  # whole text: German
     r = tu.process_lcb({**doc, "language": "zh"}, [answer(5, "zh")])  # the English after "\nQ:" counts nowhere
     assert r["lpr"]["line_error"] is False and r["off_target_rate"] == 0.0
     r = tu.process_lcb(doc, ["OK."])
-    assert r["lpr"]["skipped"] is True and math.isnan(r["off_target_rate"]) and r["undetermined_rate"] == 1.0
+    assert r["lpr"]["skipped"] is True and math.isnan(r["off_target_rate"]) and r["undetermined_share"] == 1.0
     # the language-ID settings of the metadata travel with the document
     r = tu.process_lcb({**doc, "lid_min_chars": "1000"}, [answer(0, "ru")])
-    assert r["lpr"]["line_error"] is False and r["undetermined_rate"] == 1.0
+    assert r["lpr"]["line_error"] is False and r["undetermined_share"] == 1.0
 
 
 def test_group_scores_equal_lcb_report(task_manager, lcb_copy, monkeypatch):
@@ -436,8 +437,10 @@ def test_lahis_hf_with_masks(task_manager, lcb_copy, tiny_dir, masks, monkeypatc
     assert outs["ones"] == outs["plain"] and outs["hooks"] != outs["plain"]
     assert runs["hooks"]["config"]["lahis_mask"]["mode"] == "hooks"
     r = runs["hooks"]
-    assert set(_metrics(r, "lcb_monolingual_ru")) == {"lpr", "wpr", "lcpr", "off_target_rate", "undetermined_rate"}
-    assert set(_metrics(r, "lcb_crosslingual_de")) == {"lpr", "lcpr", "off_target_rate", "undetermined_rate"}
+    assert set(_metrics(r, "lcb_monolingual_ru")) == {"lpr", "wpr", "lcpr", "off_target_rate", "off_target_share",
+                                                          "undetermined_share"}
+    assert set(_metrics(r, "lcb_crosslingual_de")) == {"lpr", "lcpr", "off_target_rate", "off_target_share",
+                                                           "undetermined_share"}
     for t in tasks:
         for s in r["samples"][t]:
             ctx, gen = s["arguments"][0]
@@ -463,26 +466,38 @@ def test_lahis_hf_chat_template(task_manager, lcb_copy, tmp_path, monkeypatch):
                                                            tokenize=False, add_generation_prompt=True)
 
 
-def test_lahis_eval_then_lahis_audit(lcb_copy, tiny_dir, masks, tmp_path, monkeypatch, capsys):
-    """`lahis eval` writes real samples files of the lcb tasks; `lahis audit --metric lcb` scores them like
-    lcb_report and `lahis audit` (off-target) reads them too."""
+def _lm_eval(argv: list[str], monkeypatch) -> None:
+    """`lm_eval run ARGV` in this process, as the console script runs it (lm-eval's own parser)."""
+    from lm_eval._cli.harness import HarnessCLI
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", "run", *argv])
+    cli = HarnessCLI()
+    cli.execute(cli.parse_args())
+
+
+def test_lm_eval_then_lahis_audit(lcb_copy, tiny_dir, masks, tmp_path, monkeypatch, capsys):
+    """Plain `lm_eval` (this package's tasks and lahis_hf found without --include_path) writes real samples files of
+    the lcb tasks and says which mask it applied; `lahis audit --metric lcb` scores them like lcb_report and
+    `lahis audit` (off-target) reads them too, each run labelled by its model folder and mask."""
     from lahis_ctrl.cli import main
 
     for k, v in ENV_OFFLINE.items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "out"
-    assert main(["eval", "--tasks", "lcb_monolingual_ru,lcb_monolingual_en", "--model_args",
-                 f"pretrained={tiny_dir},dtype=float32,max_length=512", "--mask", str(masks["zero"]),
-                 "--device", "cpu", "--limit", "2", "--gen_kwargs", "max_gen_toks=12", "--output_path", str(out),
-                 "--log_samples", "true", "--data_dir", str(lcb_copy)]) == 0
+    _lm_eval(["--model", "lahis_hf", "--model_args", f"pretrained={tiny_dir},dtype=float32,max_length=512,"
+              f"mask={masks['zero']}", "--tasks", "lcb_monolingual_ru,lcb_monolingual_en", "--device", "cpu",
+              "--limit", "2", "--gen_kwargs", "max_gen_toks=12", "--output_path", str(out), "--log_samples",
+              "--metadata", json.dumps({"data_dir": str(lcb_copy)})], monkeypatch)
+    assert f"lahis_hf: mask {masks['zero']} applied by fold" in capsys.readouterr().err
     results = json.loads(next(out.rglob("results_*.json")).read_text())
     assert results["results"]["lcb_monolingual_ru"]["lpr,none"] is not None
     capsys.readouterr()
     assert main(["audit", str(out), "--metric", "lcb", "--plot", "false"]) == 0
-    report = json.loads((out / "audit" / "audit.json").read_text())
+    report = json.loads((out / "lcb-audit" / "audit.json").read_text())
     (entry,) = report["lcb"]["models"]
     samples = [json.loads(line) for f in sorted(out.rglob("samples_*.jsonl")) for line in f.open()]
-    assert entry["model"] == next(out.rglob("samples_*.jsonl")).parent.name and report["n"] == len(samples) == 4
+    run = next(out.rglob("samples_*.jsonl")).parent.name
+    assert entry["model"] == f"{run} mask={masks['zero'].name}" and report["n"] == len(samples) == 4
     want = lcb_report([{"completion": s["filtered_resps"][0], **{k: s["doc"][k] for k in ("language", "source",
                                                                                           "task")}} for s in samples])
     got = entry["tasks"]["monolingual"]
@@ -492,5 +507,5 @@ def test_lahis_eval_then_lahis_audit(lcb_copy, tiny_dir, masks, tmp_path, monkey
     assert "monolingual: LPR" in capsys.readouterr().out
     assert main(["audit", str(out), "--plot", "false", "--out", str(tmp_path / "off")]) == 0
     off = json.loads((tmp_path / "off" / "audit.json").read_text())
-    assert sorted((r["group"], r["expected"]) for r in off["rows"]) == [("lcb_monolingual_en", "en"),
-                                                                       ("lcb_monolingual_ru", "ru")]
+    assert sorted((r["run"], r["group"], r["expected"]) for r in off["rows"]) == [
+        (entry["model"], "lcb_monolingual_en", "en"), (entry["model"], "lcb_monolingual_ru", "ru")]

@@ -226,10 +226,10 @@ def test_lm_eval_cli_runs_every_task_family_and_writes_every_metric(tiny_dir, lo
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
     expected = {
-        "xquad_de": {"exact_match", "f1", "contains", "off_target_rate", "undetermined_rate"},
+        "xquad_de": {"exact_match", "f1", "contains", "off_target_rate", "off_target_share", "undetermined_share"},
         "xquad_xling_de": {"exact_match", "f1", "contains", "contains_context_lang", "off_target_rate",
-                           "undetermined_rate"},
-        "ntrex_en_de": {"chrf", "off_target_rate", "undetermined_rate"},
+                           "off_target_share", "undetermined_share"},
+        "ntrex_en_de": {"chrf", "off_target_rate", "off_target_share", "undetermined_share"},
     }
     for task, metrics in expected.items():
         got = results["results"][task]
@@ -241,7 +241,7 @@ def test_lm_eval_cli_runs_every_task_family_and_writes_every_metric(tiny_dir, lo
         samples = [json.loads(line) for line in next(out.rglob(f"samples_{task}_*.jsonl")).open()]
         assert len(samples) == 5
         for s in samples:  # per sample: decided -> 0/1 off-target, undecided -> NaN and counted apart
-            assert (s["undetermined_rate"] == 1.0) == (s["off_target_rate"] is None or math.isnan(s["off_target_rate"]))
+            assert (s["undetermined_share"] == 1.0) == (s["off_target_rate"] is None or math.isnan(s["off_target_rate"]))
     assert results["config"]["lahis_mask"]["mode"] == "fold"
     assert results["config"]["model"] == "lahis_hf"
 
@@ -383,21 +383,32 @@ def test_task_manager_includes_this_projects_tasks_without_include_path(local_da
     assert TaskManager(include_path=ours, include_defaults=False).include_path == ours
 
 
-# ------------------------------------------------------------------------------------------ lahis eval
-def test_lahis_eval_builds_the_lm_eval_command(capsys, local_data, masks):
-    from lahis_ctrl.cli import main
-    from lahis_ctrl.integrations.lm_eval.runner import tasks_dir
+# ------------------------------------------------------------------------------------------ which implementation
+def test_results_say_which_implementation_produced_them(task_manager):
+    """This package's xquad_<lang> replace lm-eval's built-ins of the same name: their version differs from the
+    built-in's, and the task's metadata names the implementation (both are written into lm-eval's results)."""
+    import lm_eval
+    import yaml
 
-    assert main(["eval", "--tasks", "xquad_de", "--model_args", "pretrained=m", "--mask", str(masks["zero"]),
-                 "--data_dir", str(local_data), "--limit", "5", "--dry_run", "true"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("lm_eval run --model lahis_hf --tasks xquad_de --model_args ")
-    assert f"pretrained=m,mask={masks['zero']}" in printed and f"--include_path {tasks_dir()}" in printed
-    assert '"data_dir": "' in printed and "--limit 5" in printed
-    assert main(["eval", "--tasks", "xquad_de", "--mask", "/nonexistent.safetensors"]) == 2
-    assert "lahis: error: mask file not found" in capsys.readouterr().err
-    assert main(["eval", "--model_args", "pretrained=m"]) == 2
-    assert "lahis eval needs --tasks" in capsys.readouterr().err
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_constructor("!function", lambda loader, node: None)
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "xquad" / "xquad_common_yaml"
+    if builtin.is_file():
+        assert yaml.load(builtin.read_text(), Loader=_Loader)["metadata"]["version"] != "lahis-2.0"
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(task_manager.task_index["xquad_de"].yaml_path, resolve_func=False)  # includes resolved
+    assert config["metadata"] == {"version": "lahis-2.0", "implementation": "lahis-ctrl"}
+
+
+def test_lahis_eval_is_gone_and_says_what_to_run(capsys):
+    from lahis_ctrl.cli import main
+
+    assert main(["eval", "--tasks", "xquad_de", "--model_args", "pretrained=m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lm_eval --model lahis_hf --model_args pretrained=MODEL,mask=" in err[0]
 
 
 # ------------------------------------------------------------------------------------------ tasks and data
@@ -498,7 +509,7 @@ def test_xquad_lahis_is_the_papers_protocol(shared_data, task_manager, tiny_dir,
     # no stop sequence: the random model runs to the 10-token budget
     assert len(outputs) == 5 and all(len(tiny_tokenizer()(o)["input_ids"]) >= 8 for o in outputs)
     assert {k.split(",")[0] for k in _metrics(result, "xquad_lahis_de")} == {"contains", "off_target_rate",
-                                                                           "undetermined_rate"}
+                                                                           "off_target_share", "undetermined_share"}
 
 
 def test_task_loading_uses_the_data_dir(task_manager, local_data, monkeypatch):
@@ -516,7 +527,8 @@ def test_task_loading_uses_the_data_dir(task_manager, local_data, monkeypatch):
     aggregation = by_name["xquad_de"].aggregation()
     from lm_eval.api.metrics import mean, nanmean
 
-    assert aggregation["off_target_rate"] is nanmean and aggregation["undetermined_rate"] is mean
+    assert aggregation["off_target_rate"] is nanmean and aggregation["undetermined_share"] is mean
+    assert aggregation["off_target_share"] is mean
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -546,18 +558,18 @@ def test_squad_em_f1_on_official_examples():
 def test_off_target_on_known_sentences_empty_and_digits():
     from lahis_ctrl.integrations.lm_eval.task_utils import off_target, process_translation, process_xquad_lahis
 
-    assert off_target("Der Hund schläft den ganzen Tag auf dem Sofa.", "de") == {"off_target_rate": 0.0,
-                                                                                   "undetermined_rate": 0.0}
-    assert off_target("The dog sleeps on the sofa all day long.", "de") == {"off_target_rate": 1.0,
-                                                                              "undetermined_rate": 0.0}
+    assert off_target("Der Hund schläft den ganzen Tag auf dem Sofa.", "de") == {
+        "off_target_rate": 0.0, "off_target_share": 0.0, "undetermined_share": 0.0}
+    assert off_target("The dog sleeps on the sofa all day long.", "de") == {
+        "off_target_rate": 1.0, "off_target_share": 1.0, "undetermined_share": 0.0}
     assert off_target("Собака спит на диване весь день.", "ru")["off_target_rate"] == 0.0
     assert off_target("北京是中国的首都，也是一座历史悠久的城市。", "zh")["off_target_rate"] == 0.0
     for text in ("", "   ", "1234", "3,7 %", "!!!"):
         r = off_target(text, "de")
-        assert math.isnan(r["off_target_rate"]) and r["undetermined_rate"] == 1.0, text
+        assert math.isnan(r["off_target_rate"]) and r["undetermined_share"] == 1.0 and r["off_target_share"] == 0.0, text
     # settings from the task metadata travel in the document: a length floor makes any output undecided
     r = process_xquad_lahis(_doc("de", golds=["Hund"], lid_min_chars="1000"), ["Der Hund schläft den ganzen Tag."])
-    assert r["contains"] == 1.0 and math.isnan(r["off_target_rate"]) and r["undetermined_rate"] == 1.0
+    assert r["contains"] == 1.0 and math.isnan(r["off_target_rate"]) and r["undetermined_share"] == 1.0
     r = process_translation({"reference": "Das Wetter war kalt.", "lang": "de"}, [" The weather was cold.\n"])
     assert r["chrf"] == ("Das Wetter war kalt.", "The weather was cold.") and r["off_target_rate"] == 1.0
 
@@ -571,7 +583,9 @@ def test_off_target_aggregation_counts_only_decided_outputs():
                "Noch ein Satz auf Deutsch, ganz ohne Zweifel.", "42", ""]
     rows = [off_target(o, "de") for o in outputs]
     assert nanmean([r["off_target_rate"] for r in rows]) == pytest.approx(1 / 3)
-    assert mean([r["undetermined_rate"] for r in rows]) == pytest.approx(2 / 5)
+    assert mean([r["undetermined_share"] for r in rows]) == pytest.approx(2 / 5)
+    # the same outputs counted among all of them: 1 off-target of 5 (lahis audit's off-target share)
+    assert mean([r["off_target_share"] for r in rows]) == pytest.approx(1 / 5)
 
 
 # ------------------------------------------------------------------------------------------ slow: Gemma 3 270M
@@ -603,4 +617,4 @@ def test_gemma_xquad_de_and_xling_de_end_to_end(gemma, shared_data, monkeypatch)
     # the point of xquad_xling: with an English context, more of the decided answers are not German
     assert xl["off_target_rate,none"] > de["off_target_rate,none"]
     for r in (de, xl):
-        assert 0.0 <= r["undetermined_rate,none"] <= 1.0
+        assert 0.0 <= r["undetermined_share,none"] <= 1.0

@@ -8,8 +8,11 @@ from typing import Optional
 from ..core.errors import LahisError
 
 
-def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
+def info(model: str, modules: bool = False, arch: Optional[str] = None) -> None:
     """Print a model's attention layout: layers x heads, KV heads, head_dim and the projection modules.
+
+    Reads the model's config only and builds its modules on the meta device: no weights are downloaded or
+    loaded (a hub 8B model costs its config.json, not 16 GB).
 
     Args:
         model: hub id, local directory, or the embedded name 'gemma-3-270m'.
@@ -19,25 +22,34 @@ def info(model: str, modules: bool = False, arch: Optional[str] = None) -> dict:
     """
     from ..core.architecture import check_arch, describe
     from ..core.export import folded_mask_of
-    from ..core.loading import load_config, load_model
+    from ..core.loading import load_config
 
-    arch = check_arch(arch, load_config(model))  # a malformed override fails before the model loads
-    m = load_model(model, dtype="auto")
+    config = load_config(model)
+    arch = check_arch(arch, config)  # a malformed override fails before anything else
+    m = _skeleton(config)  # the module tree on the meta device: names and shapes, no weights
     if modules:
         for name, mod in m.named_modules():
             print(f"{name}\t{type(mod).__name__}")
     spec = describe(m, arch)
     gqa = f" (GQA: {spec.num_heads // spec.num_kv_heads} query heads per KV head)" if spec.num_kv_heads != spec.num_heads else ""
-    print(f"model:      {spec.name_or_path}  ({spec.model_type})")
+    print(f"model:      {model}  ({spec.model_type})")
     print(f"heads:      {spec.num_layers} layers x {spec.num_heads} heads = {spec.num_layers * spec.num_heads}")
     print(f"KV heads:   {spec.num_kv_heads}{gqa}")
     print(f"head_dim:   {spec.head_dim}")
     print(f"o_proj:     {spec.o_proj_names[0]} ... {spec.o_proj_names[-1]}  ({spec.layout})")
-    folded = folded_mask_of(m.config)
+    folded = folded_mask_of(config)
     if folded:
         print(f"folded:     a {folded.get('method')} mask for '{folded.get('language')}' is folded into the weights "
               f"(heads {folded.get('changed_heads')})")
-    return None
+
+
+def _skeleton(config):
+    """The model's module tree with every tensor on the meta device (no memory, nothing read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,

@@ -70,10 +70,9 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         target = exc.filename or ""
         at = f" {target}" if target else ""
-        if exc.errno == errno.ENOSPC:
-            return f"no space left on the device while writing{at}: free some space (nothing was replaced)"
-        if exc.errno == errno.EDQUOT:
-            return f"disk quota exceeded while writing{at}: free some space (nothing was replaced)"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+            return f"{what}{' while writing' + at if target else ''}: free some space (nothing was replaced)"
         if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             return f"cannot write or read{at}: {exc.strerror} (a read-only folder?); choose another --out"
         if isinstance(exc, NotADirectoryError) or exc.errno == errno.ENOTDIR:

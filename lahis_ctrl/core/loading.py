@@ -131,6 +131,36 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, **kwargs):
     return tok
 
 
+def placement(device: str | None = "auto", device_map=None):
+    """(device_map for from_pretrained, device to move the model to afterwards) for a device / device_map option.
+
+    device_map wins (accelerate spreads the model); else device 'auto' is the first GPU when there is one, else
+    the CPU. A GPU is loaded onto directly (with accelerate) instead of through host memory."""
+    if device_map is not None:
+        return device_map, None
+    import importlib.util
+
+    import torch
+
+    if device in (None, "auto"):
+        target = torch.device("cuda", 0) if torch.cuda.is_available() else None
+    else:
+        target = torch.device(device)
+    if target is None or target.type == "cpu":
+        return None, None
+    if target.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+        return {"": 0 if target.index is None else target.index}, None
+    return None, target
+
+
+def load_model_on(name_or_path: str = DEFAULT_MODEL, dtype="auto", device: str | None = "auto", device_map=None,
+                  **kwargs):
+    """load_model placed by `device` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps') or `device_map` ('auto', ...)."""
+    where, move_to = placement(device, device_map)
+    model = load_model(name_or_path, dtype=dtype, device_map=where, **kwargs)
+    return model.to(move_to) if move_to is not None else model
+
+
 def check_device(device, option: str = "--device"):
     """`device` as a torch.device that exists here, or one line saying why not: a name torch does not know
     ('gpu'), a GPU that is not there (cuda without CUDA, cuda:3 on a 2-GPU machine), an accelerator this torch

@@ -17,7 +17,13 @@ Every label is normalised to one scheme: ISO 639-1 where the language has such a
 else the language's usual script from CLDR likely-subtags). Texts are cleaned first (newlines, URLs,
 e-mail addresses, Markdown code); text with no letters, too few letters, or that looks like code is
 *undetermined*, with the reason, instead of being given an arbitrary low-confidence label; so is a
-prediction below ``min_confidence``.
+prediction below ``min_confidence`` (its best guess stays in ``label`` / ``guess``, so an audit can show it).
+
+The script decides where it can (`script_filter`): text with kana is not Chinese; Han characters without kana are
+not Japanese once there are at least ``HAN_ONLY_MIN`` of them, and with fewer the text is undetermined when the
+backend's guess is Chinese or Japanese (a few Han characters read the same in both); labels whose script has no
+letter in the text are dropped. The backend's probabilities over the remaining labels are renormalised before
+``min_confidence`` applies.
 
     >>> lid = get_identifier()                      # fastText lid.176 .ftz, min_confidence 0.5
     >>> [p.lang for p in lid.predict(["Der Hund bellt laut.", "12345"])]
@@ -45,6 +51,10 @@ __all__ = [
 BACKENDS = ("fasttext", "glotlid", "openlid", "langdetect")
 DEFAULT_BACKEND = "fasttext"
 DEFAULT_MIN_CHARS = 3  # letters needed after cleaning; fewer is "too short" (lid.176 calls "Paris" German)
+TOP_K = 5  # labels asked of the backend: the script filter renormalises over them
+# Han characters (no kana) at which a text is taken to be Chinese, not Japanese: on NTREX-128 the shipped
+# lid.176.ftz called 7% of 10-character Chinese snippets Japanese; written Japanese of this length has kana
+HAN_ONLY_MIN = 6
 
 ENV_BACKEND = "LAHIS_LID_BACKEND"
 ENV_MODEL = "LAHIS_LID_MODEL"
@@ -83,6 +93,15 @@ class LangPrediction:
     @property
     def determined(self) -> bool:
         return self.lang is not None
+
+    @property
+    def guess(self) -> str | None:
+        """The language, or for an undetermined text the backend's best guess (its label, normalised) if it made
+        one: what an audit shows beside an undetermined output, so a low-confidence other language is not hidden."""
+        if self.lang is not None:
+            return self.lang
+        parsed = _from_label(self.label) if self.label else None
+        return parsed[0] if parsed else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,6 +214,74 @@ def clean_text(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> tuple[str, str 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Scripts
+
+_KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9d]")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+_CJK_ANY = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9d"
+                      r"\U00020000-\U0002ebef]")
+# the script of a label (ISO 15924, from the label or CLDR) -> a pattern of its letters; labels of other scripts are
+# not filtered (their letters are not checked)
+_SCRIPT_LETTERS = {
+    "Latn": re.compile(r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff]"), "Cyrl": re.compile(r"[\u0400-\u052f]"),
+    "Grek": re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]"), "Arab": re.compile(r"[\u0600-\u06ff\u0750-\u077f]"),
+    "Hebr": re.compile(r"[\u0590-\u05ff]"), "Deva": re.compile(r"[\u0900-\u097f]"),
+    "Beng": re.compile(r"[\u0980-\u09ff]"), "Thai": re.compile(r"[\u0e00-\u0e7f]"),
+    "Hang": re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]"), "Kore": re.compile(r"[\uac00-\ud7af\u1100-\u11ff]"),
+    "Knda": re.compile(r"[\u0c80-\u0cff]"), "Taml": re.compile(r"[\u0b80-\u0bff]"),
+    "Telu": re.compile(r"[\u0c00-\u0c7f]"), "Gujr": re.compile(r"[\u0a80-\u0aff]"),
+    "Guru": re.compile(r"[\u0a00-\u0a7f]"), "Mlym": re.compile(r"[\u0d00-\u0d7f]"),
+    "Orya": re.compile(r"[\u0b00-\u0b7f]"), "Sinh": re.compile(r"[\u0d80-\u0dff]"),
+    "Mymr": re.compile(r"[\u1000-\u109f]"), "Khmr": re.compile(r"[\u1780-\u17ff]"),
+    "Laoo": re.compile(r"[\u0e80-\u0eff]"), "Geor": re.compile(r"[\u10a0-\u10ff]"),
+    "Armn": re.compile(r"[\u0530-\u058f]"), "Ethi": re.compile(r"[\u1200-\u139f]"),
+    "Tibt": re.compile(r"[\u0f00-\u0fff]"), "Hans": _HAN, "Hant": _HAN, "Jpan": re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]"),
+}
+
+
+def script_filter(text: str, ranked: Sequence[tuple[str, float]]) -> tuple[list[tuple[str, float]], str | None]:
+    """The backend's (label, probability) list, best first, without the labels the text's script rules out, the
+    probabilities renormalised over the rest; and a reason when the script alone leaves the text undetermined.
+
+    Kana in the text rule out Chinese (Han-only scripts); Han characters without kana rule out Japanese when there
+    are at least HAN_ONLY_MIN of them, and fewer leave the text undetermined when the best guess is Chinese or
+    Japanese; a label whose script has no letter in the text is ruled out (e.g. a Latin label for Cyrillic text)."""
+    if not ranked:
+        return [], None
+    cjk = not text.isascii() and _CJK_ANY.search(text) is not None
+    kana = len(_KANA.findall(text)) if cjk else 0
+    han = len(_HAN.findall(text)) if cjk else 0
+    parsed = [(label, prob, _from_label(label)) for label, prob in ranked]
+    if han and not kana and han < HAN_ONLY_MIN and parsed[0][2] is not None and parsed[0][2][0] in ("zh", "ja"):
+        return [], f"Han characters without kana ({han} < {HAN_ONLY_MIN}): Chinese or Japanese"
+    ascii_only = not cjk and text.isascii()
+    present: dict[str, bool] = {}  # script -> whether the text has a letter of it (each checked once)
+    kept = []
+    for label, prob, lang_script in parsed:
+        if lang_script is not None:
+            script = lang_script[1] or ""
+            if kana and script in ("Hans", "Hant"):
+                continue
+            if han and not kana and han >= HAN_ONLY_MIN and script == "Jpan":
+                continue
+            pattern = _SCRIPT_LETTERS.get(script)
+            if pattern is not None:
+                if script not in present:
+                    present[script] = script == "Latn" if ascii_only else pattern.search(text) is not None
+                if not present[script]:
+                    continue
+        kept.append((label, prob))
+    if len(kept) == len(ranked):
+        return list(ranked), None
+    if not kept:
+        return [], "no label of the text's script"
+    mass = sum(p for _, p in ranked)
+    removed = mass - sum(p for _, p in kept)
+    scale = 1.0 / (1.0 - removed) if removed < 1.0 else 1.0
+    return [(label, min(prob * scale, 1.0)) for label, prob in kept], None
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Backends
 
 
@@ -303,10 +390,14 @@ class LanguageIdentifier:
             if reason is not None:
                 out.append(LangPrediction(None, None, 0.0, "", reason))
                 continue
-            label, conf = classify(clean)
-            if label is None:
+            ranked, script_reason = script_filter(clean, classify(clean))
+            if script_reason is not None:
+                out.append(LangPrediction(None, None, 0.0, "", script_reason))
+                continue
+            if not ranked:
                 out.append(LangPrediction(None, None, 0.0, "", "no language features"))
                 continue
+            label, conf = ranked[0]
             parsed = _from_label(label)
             if parsed is None:
                 out.append(LangPrediction(None, None, conf, label, f"backend label {label!r} is no known language"))
@@ -320,19 +411,16 @@ class LanguageIdentifier:
     def predict_one(self, text: str) -> LangPrediction:
         return self.predict([text])[0]
 
-    def _predict_fasttext(self, text: str) -> tuple[str | None, float]:
+    def _predict_fasttext(self, text: str) -> list[tuple[str, float]]:
         # fasttext-predict's batch call (multilinePredict) drops the probabilities, so go line by line
-        # through the C++ predict; it returns [(prob, label)] for the top k=1.
+        # through the C++ predict; it returns [(prob, label)] for the top k, best first.
         try:
-            pred = self._ft.predict(text + "\n", 1, 0.0, "replace")
+            pred = self._ft.predict(text + "\n", TOP_K, 0.0, "replace")
         except TypeError:  # lone surrogates (e.g. from a JSON "\ud800") cannot be passed to C++ as UTF-8
-            pred = self._ft.predict(text.encode("utf-8", "replace").decode("utf-8") + "\n", 1, 0.0, "replace")
-        if not pred:
-            return None, 0.0
-        prob, label = pred[0]
-        return label, min(float(prob), 1.0)  # fastText's softmax can round to 1.00001
+            pred = self._ft.predict(text.encode("utf-8", "replace").decode("utf-8") + "\n", TOP_K, 0.0, "replace")
+        return [(label, min(float(prob), 1.0)) for prob, label in pred]  # softmax can round to 1.00001
 
-    def _predict_langdetect(self, text: str) -> tuple[str | None, float]:
+    def _predict_langdetect(self, text: str) -> list[tuple[str, float]]:
         from langdetect.lang_detect_exception import LangDetectException
 
         detector = self._ld_factory.create()
@@ -340,10 +428,8 @@ class LanguageIdentifier:
         try:
             langs = detector.get_probabilities()
         except LangDetectException:
-            return None, 0.0
-        if not langs:
-            return None, 0.0
-        return langs[0].lang, float(langs[0].prob)
+            return []
+        return [(x.lang, float(x.prob)) for x in langs[:TOP_K]]
 
 
 @functools.lru_cache(maxsize=16)

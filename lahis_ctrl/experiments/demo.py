@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..core.argtypes import Device, MaxLength, NonNegativeInt, PositiveInt
 from ..core.errors import LahisError
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,11 @@ def generation_sample(m, tok, out: Path, max_new_tokens: int = 12, heads: Option
 
 
 def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str = "de",
-         languages: list[str] = ["en", "de", "es", "hi", "zh"], data: Optional[str] = None, texts: int = 8,
-         max_length: int = 256, epochs: int = 2, train_size: Optional[int] = None, test_size: Optional[int] = None,
-         max_new_tokens: int = 12, heads: Optional[list[tuple[int, int]]] = None, seed: int = 0,
-         skip_sample: bool = False) -> None:
+         languages: list[str] = ["en", "de", "es", "hi", "zh"], data: Optional[str] = None, texts: PositiveInt = 8,
+         max_length: MaxLength = 256, epochs: PositiveInt = 2, train_size: Optional[PositiveInt] = None,
+         test_size: Optional[PositiveInt] = None, max_new_tokens: PositiveInt = 12,
+         heads: Optional[list[tuple[int, int]]] = None, seed: NonNegativeInt = 0, skip_sample: bool = False,
+         device: Device = "auto", device_map: Optional[str] = None) -> None:
     """Run the whole method on the embedded model: score languages, find language heads, train a soft head
     mask for one language and evaluate it against the original model and a random-heads mask.
 
@@ -93,10 +95,12 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
         heads: (layer, head) pairs zeroed in the generation sample; default every head of the first two layers.
         seed: seed of the random-heads baseline and of training.
         skip_sample: skip the with/without-mask generation sample.
+        device: where the model runs: auto (the first GPU when there is one, else the CPU), cpu, cuda, cuda:1...
+        device_map: e.g. 'auto' to spread a model larger than one GPU (needs accelerate); overrides --device.
     """
     from ..core.architecture import describe
     from ..core.fileio import run_lock
-    from ..core.loading import load_model, load_tokenizer
+    from ..core.loading import load_model_on, load_tokenizer
     from ..corpora.xquad import XQUAD_LANGS, check_lang, load_qa, reference_split
     from ..lahis.softmask import default_n
     from .soft_masks import compare_soft_masks
@@ -122,7 +126,7 @@ def demo(model: str = "gemma-3-270m", out: Path = Path("runs/demo"), lang: str =
 
     with run_lock(out, f"lahis demo --out {out}"):
         t = _step("loading the model")
-        m = load_model(model, dtype="float32")
+        m = load_model_on(model, dtype="float32", device=device, device_map=device_map)
         tok = load_tokenizer(model)
         check_demo_folder(out, settings, m)  # the weights too, now that they are loaded; records both
         spec = describe(m)

@@ -186,6 +186,8 @@ class LahisHFLM(HFLM):
 
         if mask.is_identity:
             self.mask_mode = "identity"  # nothing to change: exactly the unmasked model
+            print(f"lahis_hf: mask {self._mask_source or mask} changes no head: the model runs unmasked",
+                  file=sys.stderr, flush=True)
             return
         if fold is not False:
             try:
@@ -198,7 +200,10 @@ class LahisHFLM(HFLM):
         if self.mask_mode != "fold":
             self._mask_stack.enter_context(apply_head_mask(model, mask))
             self.mask_mode = "hooks"
-        log.info("lahis_hf: %s applied with %s (%d heads changed)", mask, self.mask_mode, len(mask.changed_heads()))
+        # on the console whatever the logging setup (lm_eval's own handlers drop this package's INFO records): which
+        # mask a run measured is what its numbers mean
+        print(f"lahis_hf: mask {self._mask_source or mask} applied by {self.mask_mode} "
+              f"({len(mask.changed_heads())} heads changed)", file=sys.stderr, flush=True)
 
     def remove_mask(self) -> None:
         """Undo the fold / remove the hooks (matters when `pretrained` was a model object you keep using)."""

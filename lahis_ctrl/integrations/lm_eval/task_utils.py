@@ -10,9 +10,12 @@ Metrics (`process_results`): the project's EM/F1/contains (qa_metrics), chrF ite
 per sample the language of the output (langid):
   * off_target_rate: 1.0 when the output's language was decided and is not the target language, 0.0
     when it is, NaN when it could not be decided - aggregated with lm-eval's `nanmean`, so it is the
-    share of off-target outputs AMONG THE DETERMINED ONES;
-  * undetermined_rate: 1.0 when the language could not be decided (too short, digits only, low
+    off-target outputs AMONG THE DECIDED ONES (the same figure as `lahis audit`'s off-target rate);
+  * off_target_share: 1.0 for a decided off-target output, else 0.0 - aggregated with `mean`: the
+    off-target outputs AMONG ALL OUTPUTS;
+  * undetermined_share: 1.0 when the language could not be decided (too short, digits only, low
     confidence), aggregated with `mean`. Undecided outputs never count silently as on-target.
+A rate counts among decided outputs, a share among all outputs, here as in every report of the package.
 
 The Language Confusion Benchmark tasks (lcb_*): `lcb` (dataset), `LCBTask` / `lcb_context` (the prompt: chat
 template or the benchmark's few-shot base-model format), `process_lcb` (per completion the benchmark's outcome,
@@ -159,13 +162,15 @@ def language_of(text: str, doc: dict | None = None):
 
 
 def off_target(prediction: str, target_lang: str, doc: dict | None = None) -> dict[str, float]:
-    """{off_target_rate: 1/0/NaN, undetermined_rate: 1/0} for one output (see the module docstring)."""
+    """{off_target_rate: 1/0/NaN, off_target_share: 1/0, undetermined_share: 1/0} for one output (see the module
+    docstring)."""
     from ...eval.langid import normalize_lang
 
     pred = language_of(prediction, doc)
     if not pred.determined:
-        return {"off_target_rate": NAN, "undetermined_rate": 1.0}
-    return {"off_target_rate": float(pred.lang != normalize_lang(target_lang)), "undetermined_rate": 0.0}
+        return {"off_target_rate": NAN, "off_target_share": 0.0, "undetermined_share": 1.0}
+    off = float(pred.lang != normalize_lang(target_lang))
+    return {"off_target_rate": off, "off_target_share": off, "undetermined_share": 0.0}
 
 
 def process_xquad(doc: dict, results: list[str]) -> dict[str, float]:

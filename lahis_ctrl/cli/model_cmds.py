@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from ..core.errors import LahisError
+from ..core.argtypes import Device, Dtype
 
 
 def info(model: str, modules: bool = False, arch: Optional[str] = None) -> None:
@@ -52,8 +52,9 @@ def _skeleton(config):
         return AutoModelForCausalLM.from_config(config)
 
 
-def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwrite: bool = False,
-           dtype: str = "auto", allow_extreme_scales: bool = False, allow_refold: bool = False) -> None:
+def export(*, model: str, mask: Path, out: Path, format: Literal["folded", "lora"] = "folded", overwrite: bool = False,
+           dtype: Dtype = "auto", device: Device = "cpu", device_map: Optional[str] = None,
+           allow_extreme_scales: bool = False, allow_refold: bool = False) -> None:
     """Write a checkpoint with a head mask applied, loadable without lahis_ctrl.
 
     Args:
@@ -64,18 +65,18 @@ def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwri
             adapter on the output projections that reproduces the mask, for per-request masks in vLLM's
             multi-LoRA serving and for PEFT; apply it to the unmasked model).
         overwrite: replace a non-empty output directory.
-        dtype: dtype to load (and save) the model in: auto, float32, bfloat16, float16.
+        dtype: dtype to load (and save) the model in (auto: the checkpoint's own).
+        device: where the model loads to fold the mask ('cpu' needs no GPU memory; 'cuda' is faster for big models).
+        device_map: e.g. 'auto' to spread a model larger than one GPU (needs accelerate); overrides --device.
         allow_extreme_scales: accept negative scales or scales above 100.
         allow_refold: fold a mask into a checkpoint that already has one folded in (the scales multiply).
     """
     from ..core.architecture import spec_from_config
     from ..core.export import check_not_folded, check_out_dir
     from ..core.fileio import run_lock
-    from ..core.loading import load_config, load_model, load_tokenizer, resolve
+    from ..core.loading import load_config, load_model_on, load_tokenizer, resolve
     from ..core.mask import HeadMask
 
-    if format not in ("folded", "lora"):
-        raise LahisError(f"unknown export format '{format}': use 'folded' or 'lora'")
     # everything that can be checked without the weights is checked before they load
     head_mask = HeadMask.load(mask).check_sane(allow_extreme_scales, f"from {mask}")
     config = load_config(model)
@@ -84,7 +85,7 @@ def export(*, model: str, mask: Path, out: Path, format: str = "folded", overwri
     out = Path(out)
     check_out_dir(out, overwrite, (resolve(model), mask))  # a hub id is no folder: check_out_dir skips it
     with run_lock(out.parent, f"lahis export --out {out}", name=f".{out.name}.lock"):
-        m = load_model(model, dtype=dtype)
+        m = load_model_on(model, dtype, device, device_map)
         if format == "folded":
             from ..core.export import export_folded
 

@@ -159,7 +159,7 @@ def plot(scores: str, out: Path = Path("runs/plots"), q: Quantile = 0.96, min_re
     out = Path(out)
     names = ["heatmaps.png", "overlap.png"] + (["layers.png"] if len(s) >= 2 else [])
     with replace_together(out) as staged:  # the plots of one run replace the previous ones together, or none does
-        plot_heatmaps(s, staged / "heatmaps.png")
+        plot_heatmaps(s, staged / "heatmaps.png", q=q)
         plot_overlap(s, staged / "overlap.png", top=top_heads, q=q)
         if len(s) >= 2:
             plot_layer_distribution(c, staged / "layers.png")

@@ -33,9 +33,14 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_heatmaps(scores_by_lang: Mapping[str, object], path) -> Path:
-    """One heatmap (layers down, heads across) of each language's scores, each with its own colour scale."""
-    from ..lahis.heads import _matrices
+def plot_heatmaps(scores_by_lang: Mapping[str, object], path, q: float = 0.96) -> Path:
+    """One heatmap per language (layers down, heads across), all on ONE colour scale with one labelled colour bar,
+    so a colour means the same score in every panel; the heads a language keeps (above its q quantile, the
+    classification's rule) are outlined."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
+
+    from ..lahis.heads import _matrices, kept_heads
 
     mats, facts = _matrices(scores_by_lang)
     plt = _plt()
@@ -45,16 +50,29 @@ def plot_heatmaps(scores_by_lang: Mapping[str, object], path) -> Path:
     layers, heads = next(iter(mats.values())).shape
     w = max(2.8, min(6.5, 0.18 * heads + 1.8))
     h = max(2.5, min(8.0, 0.16 * layers + 1.0))
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, constrained_layout=True)
+    vmin = min(float(t.min()) for t in mats.values())
+    vmax = max(float(t.max()) for t in mats.values())
+    if vmax <= vmin:
+        vmax = vmin + 1e-12  # a constant matrix: one colour, still a valid scale
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols + 1.2, h * rows + 0.6), squeeze=False,
+                             constrained_layout=True)
     for ax, (lang, t) in zip(axes.flat, mats.items()):
-        im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_title(lang)
+        im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
+        kept, _ = kept_heads(t, q)
+        for layer, head in kept:  # the language's kept heads, outlined
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#ff1744", linewidth=1.4))
+        ax.set_title(f"{lang} ({len(kept)} kept)")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"LAHIS scores {facts.get('model_name', '')}".strip())
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    bar.set_label("LAHIS score (importance x negative fraction), one scale for every language")
+    name = facts.get("model_name", "")
+    fig.suptitle(f"LAHIS scores{' of ' + name if name else ''}: one cell = one head's score for that language; "
+                 f"red outline = kept by the language (above its q={q:g} quantile)", fontsize="medium")
     return _save(fig, path)
 
 
@@ -98,41 +116,62 @@ def plot_overlap(scores_by_lang: Mapping[str, object], path, top: Optional[int] 
     return _save(fig, path)
 
 
-def plot_layer_distribution(classification: dict, path) -> Path:
-    """Stacked bars: language-specific heads per layer for each language, and the general heads."""
-    layers = classification["shape"][0]
-    langs = classification["languages"]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * layers + 2), 3.5))
-    bottom = [0] * layers
-    for lang in langs:
-        counts = [0] * layers
-        for s in classification["per_language"][lang]["specific"]:
-            counts[s["layer"]] += 1
-        ax.bar(range(layers), counts, bottom=bottom, label=f"{lang} specific")
-        bottom = [a + b for a, b in zip(bottom, counts)]
-    general = [0] * layers
-    for g in classification["general"]:
-        general[g["layer"]] += 1
-    ax.bar(range(layers), general, bottom=bottom, label="general", color="lightgray", edgecolor="black", hatch="//")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("heads")
-    ax.set_xticks(range(layers))
+def plot_layer_distribution(classification, path) -> Path:
+    """Distinct heads per layer, stacked by kind: language-general heads, heads specific to one language (coloured
+    by that language) and heads specific to several languages (kept by two or more, but fewer than min_rep). A head
+    counts once however many languages keep it, so a bar never exceeds the layer's heads."""
     from matplotlib.ticker import MaxNLocator
 
+    layers, per_layer = classification["shape"][0], classification["shape"][1]
+    langs = list(classification["languages"])
+    owners: dict[tuple[int, int], list[str]] = {}
+    for lang in langs:
+        for s in classification["per_language"][lang]["specific"]:
+            owners.setdefault((s["layer"], s["head"]), []).append(lang)
+    general = {(g["layer"], g["head"]) for g in classification["general"]}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * layers + 3.5), 3.8))
+    bottom = [0] * layers
+
+    def stack(counts, **style):
+        drawn = [i for i, c in enumerate(counts) if c]  # a zero-height bar would still draw its edge
+        if drawn:
+            ax.bar(drawn, [counts[i] for i in drawn], bottom=[bottom[i] for i in drawn], **style)
+        for i, c in enumerate(counts):
+            bottom[i] += c
+
+    stack([sum(1 for (l, _) in general if l == layer) for layer in range(layers)], label="general (kept by "
+          f">= {classification['min_rep']} languages)", color="lightgray", edgecolor="black", hatch="//")
+    for k, lang in enumerate(langs):
+        counts = [sum(1 for (l, _), who in owners.items() if l == layer and who == [lang]) for layer in range(layers)]
+        if any(counts):
+            stack(counts, label=f"specific to {lang} only", color=f"C{k % 10}")
+    shared = [sum(1 for (l, _), who in owners.items() if l == layer and len(who) > 1) for layer in range(layers)]
+    if any(shared):
+        stack(shared, label="specific to 2+ languages", color="white", edgecolor="black", hatch="..")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"distinct heads (of {per_layer} per layer)")
+    ax.set_xticks(range(layers))
+    ax.set_ylim(0, max(1, max(bottom)) + 0.5)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"language-specific heads per layer (q={classification['q']}, min_rep={classification['min_rep']})")
-    ax.legend(fontsize="small", ncol=2)
+    ax.set_title(f"Kept heads per layer (q={classification['q']}, min_rep={classification['min_rep']}): one bar "
+                 "segment = heads of that kind in the layer, each head counted once", fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, not on bars
+    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str, ylabel: str,
-                      errors: Optional[Mapping[str, Mapping[str, tuple]]] = None) -> Path:
+                      errors: Optional[Mapping[str, Mapping[str, tuple]]] = None, caption: Optional[str] = None) -> Path:
     """Grouped bars: one group per key of `data` (e.g. a language), one bar per series inside it (e.g. a mask).
 
     Series are coloured consistently across groups; a series missing from a group leaves a gap. `errors`
-    ({group: {series: (low, high)}}, in the bars' unit) draws each bar's interval as an error bar.
+    ({group: {series: (low, high)}}, in the bars' unit) draws each bar's interval as an error bar; with `errors`,
+    a bar without an interval is hatched and the legend says its interval is not defined (never a zero-width bar).
+    `caption`: what one bar counts, under the title. The legend sits beside the axes, never over a bar.
     """
+    from matplotlib.patches import Patch
+
     groups = list(data)
     if not groups:
         raise LahisError(f"nothing to plot for {path}: no groups")
@@ -140,23 +179,34 @@ def plot_grouped_bars(data: Mapping[str, Mapping[str, float]], path, title: str,
     plt = _plt()
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * max(1, len(series)) * 0.45 + 2), 3.8))
+    undefined = False
     for i, name in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ys = [data[g].get(name, float("nan")) for g in groups]
-        yerr = None
+        spans = [errors.get(g, {}).get(name) if errors is not None else None for g in groups]
+        known = [k for k, (y, sp) in enumerate(zip(ys, spans)) if y == y and sp is not None and None not in sp
+                 and sp[0] == sp[0] and sp[1] == sp[1]]
+        bars = ax.bar(xs, ys, width=width, label=name, color=f"C{i % 10}")
+        if known:  # matplotlib wants distances from the bar's top
+            ax.errorbar([xs[k] for k in known], [ys[k] for k in known],
+                        yerr=[[max(0.0, ys[k] - spans[k][0]) for k in known],
+                              [max(0.0, spans[k][1] - ys[k]) for k in known]],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         if errors is not None:
-            lows = [errors.get(g, {}).get(name, (float("nan"),) * 2)[0] for g in groups]
-            highs = [errors.get(g, {}).get(name, (float("nan"),) * 2)[1] for g in groups]
-            # matplotlib wants distances from the bar's top; a missing interval draws nothing
-            yerr = [[max(0.0, y - lo) if y == y and lo == lo else 0.0 for y, lo in zip(ys, lows)],
-                    [max(0.0, hi - y) if y == y and hi == hi else 0.0 for y, hi in zip(ys, highs)]]
-        ax.bar(xs, ys, width=width, label=name, yerr=yerr, capsize=2 if yerr else 0,
-               error_kw={"elinewidth": 0.8, "ecolor": "black"})
+            for k, bar in enumerate(bars):
+                if k not in known and ys[k] == ys[k]:
+                    bar.set_hatch("///")
+                    undefined = True
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title + (f"\n{caption}" if caption else ""), fontsize="medium" if not caption else "small")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize="small", ncol=min(3, len(series)))
+    # plain swatches: a series whose first bar is hatched must not look hatched in the legend
+    handles, labels = [Patch(facecolor=f"C{i % 10}") for i in range(len(series))], list(series)
+    if undefined:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("hatched: no interval defined")
+    ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -261,6 +311,8 @@ def plot_ppl_cross(result: dict, path, metric: str = "corpus_ppl") -> Path:
             ax.text(j, i, f"{rel[i, j]:.2f}", ha="center", va="center", fontsize="small")
     ax.set_xlabel("heads zeroed")
     ax.set_ylabel("text language")
-    ax.set_title(f"{metric} / unmasked")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"one cell: {metric} of the row's texts with the column's heads zeroed,\ndivided by the unmasked "
+                 "model's (1 = no change)", fontsize="small")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(f"{metric} / unmasked")
     return _save(fig, path)

@@ -257,37 +257,34 @@ LOCK_NAME = ".lahis.lock"
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike, what: str = "lahis", name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold an exclusive lock on `folder` while the block runs: a second run on the same output refuses at once
-    (naming the live run) instead of mixing its files with the first's. The lock is an OS file lock, released
-    when the process ends however it ends, so a crashed run never blocks the next one."""
+    (naming the live run) instead of mixing its files with the first's. The lock is filelock's OS file lock (POSIX
+    and Windows), released when the process ends however it ends, so a crashed run never blocks the next one; who
+    holds it is written beside it (`<name>.who`: acquiring a lock file may truncate it)."""
+    from filelock import FileLock, Timeout
+
     from .errors import LahisError
 
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    handle = open(path, "a+", encoding="utf-8")
-    locked = False
+    who = folder / f"{name}.who"
+    lock = FileLock(str(path), timeout=0)
     try:
+        lock.acquire()
+    except Timeout:
         try:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock (Windows users run one job per folder)
-            pass
+            holder = who.read_text(encoding="utf-8").strip()
         except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise LahisError(f"{folder} is in use by a running lahis job ({holder}): wait for it to finish, or write "
-                             "to another output folder") from None
-        locked = True
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}: {what}")
-        handle.flush()
+            holder = ""
+        raise LahisError(f"{folder} is in use by a running lahis job ({holder or 'another process'}): wait for it to "
+                         "finish, or write to another output folder") from None
+    try:
+        who.write_text(f"pid {os.getpid()}: {what}", encoding="utf-8")
         yield folder
-    finally:
-        if locked:  # leave no trace: the lock file goes, and the folder too if this run made it and wrote nothing
-            path.unlink(missing_ok=True)
-            if created and not any(folder.iterdir()):
-                folder.rmdir()
-        handle.close()
+    finally:  # leave no trace: the lock files go, and the folder too if this run made it and wrote nothing
+        who.unlink(missing_ok=True)
+        lock.release()
+        path.unlink(missing_ok=True)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -374,33 +374,35 @@ def score_heads(model, tokenizer, texts: Sequence[str], mode: str = "fast", max_
         texts_per_ckpt = max(1, int(checkpoint_every))
         bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine[:done]),
                    desc=f"LAHIS {mode} {language or ''}".strip(), unit="text", disable=not progress or not ctx.is_main)
-        with frozen(model, gradient_checkpointing), compiled_layers(model, spec, backend, mode) as compiled:
-            for k in range(done, len(mine)):
-                batch = batches[mine[k]]
-                if mode == "fast":
-                    g, counts = _batch_grads(model, spec, [ids[i] for i in batch], pad, parts, loss_chunk, compiled)
-                    check_finite_gradients(g, batch)
-                    # m == 1: |g*m| = |g| and [g*m < 0] = [g < 0]; sum over the batch's texts
-                    importance_sum += (1000.0 * g.abs()).sum(0)
-                    negatives += (g < 0).to(acc_dtype).sum(0)
-                else:
-                    x = torch.tensor([ids[batch[0]]], device=device)
-                    with (scale_heads(model, m, spec) if compiled is None else compiled.heads(m)):
-                        loss = sequence_losses(model, x, torch.ones_like(x), loss_chunk, parts)[0][0]
-                        loss.backward()
-                    g = m.grad.detach()
-                    check_finite_gradients(g, batch)
-                    with torch.no_grad():
-                        importance_sum += 1000.0 * g.abs() * m.detach()
-                        negatives += (g * m.detach() < 0).to(acc_dtype)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                tokens += sum(len(ids[i]) for i in batch)
-                bar.update(len(batch))
-                if ckpt and sum(len(batches[b]) for b in mine[last_saved:k + 1]) >= texts_per_ckpt:
-                    save_ckpt(k + 1)
-                    last_saved = k + 1
-        bar.close()
+        try:  # the bar is closed on errors too: an error line never continues a half-drawn bar
+            with frozen(model, gradient_checkpointing), compiled_layers(model, spec, backend, mode) as compiled:
+                for k in range(done, len(mine)):
+                    batch = batches[mine[k]]
+                    if mode == "fast":
+                        g, counts = _batch_grads(model, spec, [ids[i] for i in batch], pad, parts, loss_chunk, compiled)
+                        check_finite_gradients(g, batch)
+                        # m == 1: |g*m| = |g| and [g*m < 0] = [g < 0]; sum over the batch's texts
+                        importance_sum += (1000.0 * g.abs()).sum(0)
+                        negatives += (g < 0).to(acc_dtype).sum(0)
+                    else:
+                        x = torch.tensor([ids[batch[0]]], device=device)
+                        with (scale_heads(model, m, spec) if compiled is None else compiled.heads(m)):
+                            loss = sequence_losses(model, x, torch.ones_like(x), loss_chunk, parts)[0][0]
+                            loss.backward()
+                        g = m.grad.detach()
+                        check_finite_gradients(g, batch)
+                        with torch.no_grad():
+                            importance_sum += 1000.0 * g.abs() * m.detach()
+                            negatives += (g * m.detach() < 0).to(acc_dtype)
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    tokens += sum(len(ids[i]) for i in batch)
+                    bar.update(len(batch))
+                    if ckpt and sum(len(batches[b]) for b in mine[last_saved:k + 1]) >= texts_per_ckpt:
+                        save_ckpt(k + 1)
+                        last_saved = k + 1
+        finally:
+            bar.close()
         if ckpt and last_saved != len(mine):
             save_ckpt(len(mine))
 

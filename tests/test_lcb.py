@@ -501,14 +501,43 @@ def test_load_lcb_errors(lcb_dir, tmp_path):
         lcb_data.load_lcb("monolingual", "fr", tmp_path)
 
 
-def test_load_lcb_offline_names_data_dir(monkeypatch):
+def test_load_lcb_offline_names_data_dir(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
+    monkeypatch.setenv("LAHIS_CACHE", str(tmp_path))  # nothing downloaded before
+    lcb_data._download.cache_clear()
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(LahisError, match="data_dir") as exc:
         lcb_data.load_lcb("monolingual", "fr")
     assert "\n" not in str(exc.value) and lcb_data.LCB_COMMIT in str(exc.value)
+
+
+def test_the_lcb_download_is_cached_on_disk(monkeypatch, tmp_path, lcb_dir):
+    """A file of the pinned commit is downloaded once; later processes read it from $LAHIS_CACHE, offline too."""
+    import io
+
+    calls = []
+
+    def github(url, timeout=None):
+        calls.append(url)
+        rel = url.split(lcb_data.LCB_COMMIT + "/", 1)[1]
+        return io.BytesIO((lcb_dir / "lcb" / rel).read_bytes())
+
+    monkeypatch.setenv("LAHIS_CACHE", str(tmp_path))
+    lcb_data._download.cache_clear()
+    monkeypatch.setattr("urllib.request.urlopen", github)
+    first = lcb_data.load_lcb("monolingual", "fr")
+    assert len(calls) == len(lcb_data.sources_for("monolingual", "fr")) and first
+    cached = lcb_data.download_cache(calls[0].split(lcb_data.LCB_COMMIT + "/", 1)[1])
+    assert cached.is_file() and str(cached).startswith(str(tmp_path / "lcb" / lcb_data.LCB_COMMIT))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    lcb_data._download.cache_clear()  # as a new process would start
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert lcb_data.load_lcb("monolingual", "fr") == first
 
 
 def test_few_shot_examples_parsed_not_executed(lcb_dir, tmp_path):

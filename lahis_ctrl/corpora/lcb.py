@@ -110,21 +110,40 @@ def lcb_dir(data_dir: str | os.PathLike) -> Path:
                      "lcb/test_sets/ (e.g. shared/data) or the lcb/ folder itself")
 
 
+def download_cache(rel: str) -> Path:
+    """Where a downloaded file of the benchmark is kept: $LAHIS_CACHE/lcb/<LCB_COMMIT>/<rel> (the commit is pinned,
+    so a kept file never goes stale)."""
+    from ..core.loading import cache_dir
+
+    return cache_dir() / "lcb" / LCB_COMMIT / rel
+
+
 @functools.lru_cache(maxsize=256)
 def _download(rel: str) -> str:
-    """The text of a file of the benchmark's repository at LCB_COMMIT (kept in memory for the process)."""
+    """The text of a file of the benchmark's repository at LCB_COMMIT: downloaded once, then read from
+    `download_cache` (and kept in memory for the process)."""
     import urllib.error
     import urllib.request
 
+    from ..core.fileio import write_text
+
+    cached = download_cache(rel)
+    if cached.is_file():
+        return read_text(cached, "cached LCB file")
     url = f"{LCB_URL}/{rel}"
     try:
         with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
-            return resp.read().decode("utf-8")
+            text = resp.read().decode("utf-8")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise LahisError(f"could not download the LCB file {url} ({reason}); offline, pass data_dir= (or --data) "
                          "pointing at a local copy of the benchmark: the folder that holds lcb/test_sets/ or the "
                          "lcb/ folder itself") from exc
+    try:
+        write_text(cached, text)  # atomic: a half-written cache file never looks complete
+    except OSError:  # a read-only cache costs a download next time, nothing else
+        pass
+    return text
 
 
 def _read_text(rel: str, data_dir: str | os.PathLike | None) -> str:

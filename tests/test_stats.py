@@ -158,9 +158,20 @@ def test_sign_flip_null_calibration_and_power():
 
 
 def test_sign_flip_matches_exact_permutation_p():
-    # d = (1, 2, 3): of the 8 sign vectors only (+,+,+) and (-,-,-) reach |sum| >= 6, so the exact p is 2/8.
-    c = paired_difference([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], n_resamples=20_000, seed=3, binary=False)
-    assert c.p_value == pytest.approx(0.25, abs=0.01)
+    # d = (1, 2, 3): of the 8 sign vectors only (+,+,+) and (-,-,-) reach |sum| >= 6, so the exact p is 2/8;
+    # up to 20 items every sign vector is enumerated, so the p is exact and the same for every seed
+    for seed in range(5):
+        c = paired_difference([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], seed=seed, binary=False)
+        assert c.p_value == 0.25
+    # six texts all moving one way: 2/64 exactly (not 0.041 from 2000 random sign vectors)
+    assert paired_difference(np.zeros(6), np.arange(1.0, 7.0)).p_value == 2 / 64
+    # 14 items, checked against a brute-force enumeration of the sign vectors in plain Python
+    import itertools
+
+    d = np.random.default_rng(3).normal(0.3, 1.0, 14)
+    total = abs(d.sum())
+    hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= total - 1e-9 for signs in itertools.product((-1, 1), repeat=14))
+    assert paired_difference(np.zeros(14), d).p_value == pytest.approx(hits / 2 ** 14, abs=1e-15)
     # With only 1 + R resamples the smallest attainable p is 1 / (1 + R).
     c = paired_difference(np.zeros(50), np.arange(1.0, 51.0), n_resamples=99, seed=0)
     assert c.p_value == pytest.approx(0.01)
@@ -277,15 +288,16 @@ def test_verdict_rules():
     assert verdict(cmp(0.10, 0.06, 0.14, 0.001), +1, null_value=0.08) == "inconclusive"
 
 
-def test_verdict_paper_effect():
-    small = cmp(0.005, -0.02, 0.03, 0.6)
-    assert verdict(small, +1, paper_effect=0.05) == "does not hold"  # paper's +5 points ruled out
-    assert verdict(small, +1, paper_effect=0.02) == "inconclusive"  # paper's size still inside the CI
-    assert verdict(cmp(-0.005, -0.03, 0.02, 0.6), -1, paper_effect=-0.05) == "does not hold"
-    # A real but clearly smaller effect than the paper's fails the size claim.
-    assert verdict(cmp(0.02, 0.01, 0.03, 0.001), +1, paper_effect=0.05) == "does not hold"
-    # Larger than the paper's size is not "the other side".
-    assert verdict(cmp(0.10, 0.08, 0.12, 0.001), +1, paper_effect=0.05) == "holds"
+def test_verdict_size_reading_and_direction_are_separate():
+    # a size claim is the same test with the paper's value as the null: significantly below +5 does not hold ...
+    assert verdict(cmp(0.02, 0.01, 0.03, 0.001), +1, null_value=0.05) == "does not hold"
+    # ... significantly at least +5 holds, and an interval around +5 is inconclusive
+    assert verdict(cmp(0.10, 0.08, 0.12, 0.001), +1, null_value=0.05) == "holds"
+    assert verdict(cmp(0.05, 0.01, 0.09, 0.9), +1, null_value=0.05) == "inconclusive"
+    # the direction reading of a significant gain in the claimed direction is never "does not hold"
+    assert verdict(cmp(0.02, 0.01, 0.03, 0.001), +1) == "holds"
+    # a significant effect whose interval still touches the null on the claimed side is inconclusive
+    assert verdict(cmp(-0.02, -0.04, 0.001, 0.01), +1) == "inconclusive"
 
 
 # ---------------------------------------------------------------- bad input
@@ -368,3 +380,108 @@ def test_newcombe_paired_interval():
         low, high = newcombe_paired_interval(a, b)
         covered += low <= true <= high
     assert 0.92 <= covered / reps <= 0.99
+
+
+# ---------------------------------------------------------------- draw-level tests (the head set as the unit)
+
+
+def test_min_rank_p_and_draws_needed():
+    from lahis_ctrl.eval.stats import draws_needed, min_rank_p
+
+    assert min_rank_p(20, 1, two_sided=False) == pytest.approx(1 / 21)
+    assert min_rank_p([1, 3]) == pytest.approx(2 / 8)
+    # the fewest draws whose smallest two-sided p is <= 0.001: 1999 for one unit, 44 for two, 6 for four, 2 for eight
+    assert [draws_needed(m) for m in (1, 2, 4, 8)] == [1999, 44, 6, 2]
+    for m in range(1, 12):
+        n = draws_needed(m)
+        assert min_rank_p(n, m) <= 0.001 and (n == 1 or min_rank_p(n - 1, m) > 0.001)
+
+
+def test_rank_test_is_the_exact_rank_sum_and_calibrated():
+    from lahis_ctrl.eval.stats import rank_test
+
+    # two units, each beating both of its draws: P(R1 + R2 <= 2) = 1/9 one-sided, 2/9 two-sided
+    r = rank_test([5.0, 7.0], [[1.0, 2.0], [3.0, 4.0]], +1)
+    assert (r.p_greater, r.p_value, r.draws, r.unit_p) == (pytest.approx(1 / 9), pytest.approx(2 / 9), (2, 2),
+                                                          (pytest.approx(1 / 3), pytest.approx(1 / 3)))
+    # unequal numbers of draws and NaN draws: sizes 2 and 4, ranks 1 and 1 -> 1/8
+    r = rank_test([5.0, 7.0], [[1.0, np.nan], [3.0, 4.0, 0.0]], +1)
+    assert r.p_greater == pytest.approx(1 / 8) and r.draws == (1, 3)
+    # ties count against the target
+    assert rank_test([1.0], [[1.0, 0.0]], +1).p_greater == pytest.approx(2 / 3)
+    # under the null (target exchangeable with the draws) the two-sided p is uniform-ish: P(p < 0.05) <= 0.05
+    rng = np.random.default_rng(0)
+    ps = [rank_test(rng.normal(size=4), rng.normal(size=(4, 6)), +1).p_value for _ in range(3000)]
+    assert np.mean(np.array(ps) < 0.05) <= 0.05
+    assert 0.02 <= np.mean(np.array(ps) < 0.05)
+
+
+def test_rank_mde_gives_the_power_it_claims():
+    from lahis_ctrl.eval.stats import rank_mde, rank_test
+
+    delta = rank_mde([6] * 4, 0.05 / 16)
+    rng = np.random.default_rng(11)
+    hits = [rank_test(delta + rng.normal(size=4), rng.normal(size=(4, 6)), +1).p_value <= 0.05 / 16
+            for _ in range(2000)]
+    assert 0.76 <= np.mean(hits) <= 0.85
+    assert rank_mde([2] * 2, 0.001) == math.inf  # 2 x (1/3)^2 = 0.22 can never reach 0.001
+
+
+def test_draw_level_interval_covers_the_difference_of_means():
+    from lahis_ctrl.eval.stats import draw_level_interval
+
+    # the estimand: the target sets' own effects (each a fixed set: 1 + its deviation) minus the mean effect of random
+    # sets (0), averaged over units; random sets vary (sd 0.5) and items add noise (sd 1). The interval covers it.
+    covered = 0
+    for seed in range(200):
+        rng = np.random.default_rng(100 + seed)
+        own = 1.0 + rng.normal(0, 0.5, 4)
+        t = [own[u] + rng.normal(0, 1, 40) for u in range(4)]
+        r = [rng.normal(0, 0.5, (8, 1)) + rng.normal(0, 1, (8, 40)) for _ in range(4)]
+        effect, low, high = draw_level_interval(t, r, n_resamples=2000, seed=seed)
+        covered += low <= own.mean() <= high
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_label_permutation_test_is_exact_and_ignores_row_and_column_effects():
+    from lahis_ctrl.eval.stats import label_permutation_test
+
+    rng = np.random.default_rng(5)
+    m = np.eye(5) + rng.normal(0, 0.05, (5, 5))
+    out = label_permutation_test(m)
+    assert out["exact"] and out["permutations"] == 120 and out["p_greater"] == pytest.approx(1 / 120)
+    assert out["p_value"] == pytest.approx(2 / 120) and out["min_p"] == pytest.approx(2 / 120)
+    # a text language hurt by everything (row) or a head set that hurts everything (column) changes nothing
+    shifted = m + rng.normal(0, 3, (5, 1)) + rng.normal(0, 3, (1, 5))
+    assert label_permutation_test(shifted)["p_value"] == pytest.approx(out["p_value"])
+    # no diagonal: not significant
+    assert label_permutation_test(rng.normal(0, 1, (5, 5)))["p_value"] > 0.05
+
+
+def test_inverted_p_matches_the_normal_test_and_mde_exceeds_the_half_width():
+    from statistics import NormalDist
+
+    from lahis_ctrl.eval.stats import inverted_p, mde_from_interval
+
+    z = NormalDist()
+
+    def interval(conf):
+        half = z.inv_cdf((1 + conf) / 2) * 0.5
+        return 1.0 - half, 1.0 + half
+
+    assert inverted_p(interval, 0.0) == pytest.approx(2 * (1 - z.cdf(2.0)), abs=1e-6)
+    assert inverted_p(interval, 1.0) == 1.0
+    ci95 = interval(0.95)
+    for level in (0.05, 0.01, 0.0025):
+        half = interval(1 - level)[1] - 1.0
+        assert mde_from_interval(ci95, 0.95, level) > half
+        assert mde_from_interval(ci95, 0.95, level) == pytest.approx((z.inv_cdf(1 - level / 2) + z.inv_cdf(0.8)) * 0.5)
+
+
+def test_rank_verdict():
+    from lahis_ctrl.eval.stats import rank_verdict
+
+    assert rank_verdict(0.01, 0.005, 1.0, +1) == "holds"
+    assert rank_verdict(0.01, 1.0, 0.005, +1) == "does not hold"
+    assert rank_verdict(0.2, 0.1, 1.0, +1) == "inconclusive"
+    assert rank_verdict(0.01, 1.0, 0.005, -1) == "holds"

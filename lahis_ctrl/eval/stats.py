@@ -426,13 +426,16 @@ def _weighted_nanmean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
     """counts [R, n] (resample multiplicities) times values [n, k] (NaN = missing) -> [R, k] weighted means
     over the non-missing values (NaN where a resample kept none)."""
     valid = ~np.isnan(values)
+    if valid.all():  # no missing value: every resample's weights sum to its number of items
+        return (counts @ values) / counts.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (counts @ np.where(valid, values, 0.0)) / (counts @ valid.astype(float))
 
 
 def _resample_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
     """[rows, n] multiplicities of n indices drawn with replacement, rows times."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=rows).astype(float)
+    idx = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]  # row r's draws offset into its block
+    return np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
 def draw_level_bootstrap(target_items: Sequence, draw_items: Sequence, n_resamples: int = N_RESAMPLES,

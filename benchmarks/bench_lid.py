@@ -11,6 +11,9 @@ Measured in one run, one process:
   >= 50,000 lines/s.
 - accuracy: per language, the share of the first N sentences of each NTREX-128 file identified as that language,
   at min_confidence 0 (top-1 label) and at the default 0.5 (undetermined counts as wrong).
+- accuracy by length (fastText backends): the same sentences cut to their first 10 / 20 / 40 characters and first
+  1 / 2 / 3 / 5 / 8 words (words: languages written with spaces), at the default settings: how many are decided,
+  how many of the decided are right, and how many Chinese snippets are called Japanese.
 Prints Markdown tables (docs/audit.md carries a copy) and, with --out, writes them with the numbers as JSON.
 """
 
@@ -118,6 +121,9 @@ def main(argv=None) -> None:
         results.append({"backend": name, "speed": speed, "accuracy": acc,
                         "macro_top1": sum(a["top1"] for a in acc.values()) / len(acc),
                         "macro_strict": sum(a["strict"] for a in acc.values()) / len(acc)})
+        if backend != "langdetect":
+            print(f"[{name}] accuracy by length ...", file=sys.stderr)
+            results[-1]["by_length"] = by_length(strict, data)
 
     md = render(results, langs, args, len(sentences))
     print(md)
@@ -125,6 +131,33 @@ def main(argv=None) -> None:
         write_text(args.out / "bench_lid.md", md)
         write_json(args.out / "bench_lid.json", {"results": results, "per_lang": args.per_lang,
                                                  "machine": _machine()})
+
+
+NO_SPACES = {"zh", "ja", "th"}  # written without spaces between words: cut by characters only
+LENGTHS = (("chars", 10), ("chars", 20), ("chars", 40), ("words", 1), ("words", 2), ("words", 3), ("words", 5),
+           ("words", 8))
+
+
+def by_length(lid: LanguageIdentifier, data: dict[str, list[str]]) -> list[dict]:
+    """Per snippet length: snippets, share decided, share of the decided that are right, share right of all, and
+    Chinese snippets called Japanese."""
+    rows = []
+    for unit, n in LENGTHS:
+        texts, gold = [], []
+        for lang, lines in data.items():
+            if unit == "words" and lang in NO_SPACES:
+                continue
+            for line in lines:
+                texts.append(line[:n] if unit == "chars" else " ".join(line.split()[:n]))
+                gold.append(lang)
+        preds = lid.predict(texts)
+        decided = [(p.lang, g) for p, g in zip(preds, gold) if p.determined]
+        zh = [p for p, g in zip(preds, gold) if g == "zh"]
+        rows.append({"unit": unit, "n": n, "snippets": len(texts), "decided": len(decided) / len(texts),
+                     "right_of_decided": sum(a == b for a, b in decided) / max(len(decided), 1),
+                     "right_of_all": sum(a == b for a, b in decided) / len(texts),
+                     "zh_called_ja": sum(p.lang == "ja" for p in zh) / len(zh) if zh else None})
+    return rows
 
 
 def _top_confusion(preds: list[str | None], lang: str) -> str | None:
@@ -165,6 +198,19 @@ def render(results: list[dict], langs: list[str], args, n: int) -> str:
         out.append(f"| {lang} | " + " | ".join(cells) + " |")
     out.append("| **mean** | " + " | ".join(f"**{100 * r['macro_top1']:.1f} / {100 * r['macro_strict']:.1f}**"
                                            for r in results) + " |")
+    for r in results:
+        if "by_length" not in r:
+            continue
+        out += ["", f"**Accuracy by length** ({r['backend']}, min_confidence 0.5, min_chars 3): the sentences cut to "
+                "their first characters or words (words: the languages written with spaces)", "",
+                "| snippet | snippets | decided | right, of the decided | right, of all | zh called ja |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for row in r["by_length"]:
+            zh = "-" if row["zh_called_ja"] is None else f"{100 * row['zh_called_ja']:.1f}%"
+            unit = "characters" if row["unit"] == "chars" else "word" if row["n"] == 1 else "words"
+            out.append(f"| first {row['n']} {unit} | {row['snippets']} "
+                       f"| {100 * row['decided']:.1f}% | {100 * row['right_of_decided']:.1f}% | "
+                       f"{100 * row['right_of_all']:.1f}% | {zh} |")
     return "\n".join(out) + "\n"
 
 

@@ -390,7 +390,15 @@ class LanguageIdentifier:
             if reason is not None:
                 out.append(LangPrediction(None, None, 0.0, "", reason))
                 continue
-            ranked, script_reason = script_filter(clean, classify(clean))
+            # the best label alone settles most texts; the script filter renormalises over TOP_K labels only
+            # where it is needed (CJK text, a label the script rules out, or one below the threshold)
+            ranked, script_reason = None, None
+            if clean.isascii() or _CJK_ANY.search(clean) is None:
+                best = classify(clean, 1)
+                if best and best[0][1] >= threshold and script_filter(clean, best)[0] == best:
+                    ranked = best
+            if ranked is None:
+                ranked, script_reason = script_filter(clean, classify(clean, TOP_K))
             if script_reason is not None:
                 out.append(LangPrediction(None, None, 0.0, "", script_reason))
                 continue
@@ -411,16 +419,16 @@ class LanguageIdentifier:
     def predict_one(self, text: str) -> LangPrediction:
         return self.predict([text])[0]
 
-    def _predict_fasttext(self, text: str) -> list[tuple[str, float]]:
+    def _predict_fasttext(self, text: str, k: int = TOP_K) -> list[tuple[str, float]]:
         # fasttext-predict's batch call (multilinePredict) drops the probabilities, so go line by line
         # through the C++ predict; it returns [(prob, label)] for the top k, best first.
         try:
-            pred = self._ft.predict(text + "\n", TOP_K, 0.0, "replace")
+            pred = self._ft.predict(text + "\n", k, 0.0, "replace")
         except TypeError:  # lone surrogates (e.g. from a JSON "\ud800") cannot be passed to C++ as UTF-8
-            pred = self._ft.predict(text.encode("utf-8", "replace").decode("utf-8") + "\n", TOP_K, 0.0, "replace")
+            pred = self._ft.predict(text.encode("utf-8", "replace").decode("utf-8") + "\n", k, 0.0, "replace")
         return [(label, min(float(prob), 1.0)) for prob, label in pred]  # softmax can round to 1.00001
 
-    def _predict_langdetect(self, text: str) -> list[tuple[str, float]]:
+    def _predict_langdetect(self, text: str, k: int = TOP_K) -> list[tuple[str, float]]:
         from langdetect.lang_detect_exception import LangDetectException
 
         detector = self._ld_factory.create()
@@ -429,7 +437,7 @@ class LanguageIdentifier:
             langs = detector.get_probabilities()
         except LangDetectException:
             return []
-        return [(x.lang, float(x.prob)) for x in langs[:TOP_K]]
+        return [(x.lang, float(x.prob)) for x in langs[:max(k, TOP_K)]]  # all at once: no cheaper with fewer
 
 
 @functools.lru_cache(maxsize=16)

@@ -39,7 +39,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("lahis_ctrl.cli.audit_cmds:audit",
               "The language of generated texts: off-target rates with intervals, --compare two runs, --metric lcb."),
     "export": ("lahis_ctrl.cli.model_cmds:export",
-               "A checkpoint with a head mask applied (folded weights, or a LoRA adapter for vLLM and PEFT)."),
+               "A checkpoint with a head mask applied (folded weights, or a LoRA or IA3 adapter for vLLM and PEFT)."),
+    "push": ("lahis_ctrl.cli.model_cmds:push",
+             "Share a head mask on the Hugging Face Hub: the mask, a model card and a PEFT IA3 adapter in one commit."),
     "reproduce": ("lahis_ctrl.experiments.reproduce:reproduce",
                   "The paper's experiments on one model as a report whose findings carry intervals and p-values."),
 }

@@ -213,7 +213,8 @@ def _safe(name: str) -> str:
 
 
 def parse_mask_args(specs: Sequence[str]) -> dict[str, Optional[str]]:
-    """CLI mask list -> {name: path or None}: 'none' (the original model), 'NAME=PATH' or 'PATH' (named by its stem)."""
+    """CLI mask list -> {name: reference or None}: 'none' (the original model), 'NAME=REF' or 'REF' (named by its
+    stem); a reference is a mask file, a folder or a Hub repo id (core.hub)."""
     masks: dict[str, Optional[str]] = {}
     for spec in specs:
         if spec.lower() in ("none", "original"):
@@ -224,8 +225,12 @@ def parse_mask_args(specs: Sequence[str]) -> dict[str, Optional[str]]:
                 path = None
         else:
             name, path = Path(spec).stem, spec
-        if path is not None and not Path(path).is_file():
-            raise LahisError(f"mask file not found: {path} (give 'none', NAME=PATH or PATH)")
+        if path is not None:  # a missing local file fails here; a Hub repo id is resolved when the mask loads
+            from ..core.hub import parse_reference
+
+            ref = parse_reference(path)
+            if not ref.is_hub and not (ref.path.is_file() or ref.path.is_dir()):
+                raise LahisError(f"mask file not found: {path} (give 'none', NAME=PATH or PATH, or a Hub repo id)")
         if name in masks:
             raise LahisError(f"two masks are named '{name}': use NAME=PATH to name them apart")
         masks[name] = path

@@ -3,7 +3,9 @@
     lm_eval --model lahis_hf --model_args pretrained=M,mask=de.safetensors --tasks xquad_de --include_path TASKS
 
 model_args, on top of every HFLM argument:
-  * mask=PATH       a HeadMask file (.safetensors / .json) made for this model;
+  * mask=REF        a HeadMask made for this model: a file (.safetensors / .json), a folder holding
+                    lahis_mask.safetensors, or a Hub repo id org/name[/file][@revision] (huggingface_hub's cache,
+                    offline mode and token apply; see lahis_ctrl.core.hub);
   * fold=true|false fold the mask into the output-projection weights (zero overhead) or scale with
                     forward pre-hooks; default: fold when the weights allow it (floating point, not
                     offloaded or quantized), else hooks. fold=true fails loudly where folding is impossible.

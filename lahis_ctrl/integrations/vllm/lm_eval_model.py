@@ -50,7 +50,8 @@ VLLM = _import_lm_eval_vllm()
 
 
 class LahisVLLM(VLLM):
-    """lm-eval's VLLM plus `mask=PATH` (a HeadMask .safetensors/.json made for `pretrained`)."""
+    """lm-eval's VLLM plus `mask=REF` (a HeadMask made for `pretrained`: a .safetensors/.json file, a folder, or a
+    Hub repo id org/name[/file][@revision])."""
 
     def __init__(self, pretrained: str, mask: str | os.PathLike | None = None, allow_extreme=False,
                  allow_refold=False, **kwargs):
@@ -68,7 +69,10 @@ class LahisVLLM(VLLM):
 
         self.head_mask = None
         if mask:
-            path = Path(str(mask)).expanduser().resolve()
+            from ...core.hub import resolve_mask_file
+
+            # a file, a folder or a Hub repo id, resolved once here: the engine's workers read this file
+            path = resolve_mask_file(str(mask)).resolve()
             self.head_mask = HeadMask.load(path)  # a missing or unreadable file fails before the engine starts
             problem = plugin_available()
             if problem:

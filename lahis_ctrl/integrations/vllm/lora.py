@@ -48,15 +48,21 @@ def lora_rank(needed: int, ranks=VLLM_LORA_RANKS) -> int:
 
 
 def export_lora(model, mask, out_dir: str | os.PathLike, overwrite: bool = False, dtype: torch.dtype | None = None,
-                ranks=VLLM_LORA_RANKS, arch=None) -> Path:
+                ranks=VLLM_LORA_RANKS, arch=None, base_model: str | None = None, base_revision: str | None = None,
+                evaluation=()) -> Path:
     """Write `mask` as a PEFT LoRA adapter for `model` (a transformers causal LM) to `out_dir`, atomically.
 
     The directory holds adapter_config.json, adapter_model.safetensors (the LoRA factors, in the model's
     dtype unless `dtype` is given) and lahis_mask.safetensors (the mask, for the record). Serve it with
     vLLM (`enable_lora=True, max_lora_rank >= r`, a `LoRARequest` per request, or `--lora-modules
     name=DIR` in the OpenAI server) or load it with `peft.PeftModel.from_pretrained(model, out_dir)`.
-    Apply it to the UNMASKED base model.
+    Apply it to the UNMASKED base model. `base_model` is what the adapter records for
+    `AutoPeftModelForCausalLM.from_pretrained(out_dir)` (default: the model's Hub id, else its folder as an absolute
+    path); README.md is its model card (`evaluation`: result files it reports, see core.card).
     """
+    from ...core.card import mask_card
+    from ...core.export import recorded_base
+
     from safetensors.torch import save_file
 
     spec = describe(model, arch)
@@ -87,7 +93,8 @@ def export_lora(model, mask, out_dir: str | os.PathLike, overwrite: bool = False
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": spec.name_or_path,
+        "base_model_name_or_path": base_model or recorded_base(spec.name_or_path),
+        "revision": base_revision,
         "r": r,
         "lora_alpha": r,  # scaling alpha / r = 1: B @ A is the exact weight difference
         "lora_dropout": 0.0,
@@ -111,6 +118,10 @@ def export_lora(model, mask, out_dir: str | os.PathLike, overwrite: bool = False
         write_json(staged / "lahis_lora.json", {"lahis_ctrl_version": __version__, "changed_heads": mask.changed_heads(),
                                                  "language": mask.language, "needed_rank": needed, "rank": r,
                                                  "note": "apply to the UNMASKED base model"})
+        (staged / "README.md").write_text(mask_card(mask, "lora", base_model=config["base_model_name_or_path"],
+                                                    base_revision=base_revision, evaluation=evaluation,
+                                                    files=[ADAPTER_CONFIG, ADAPTER_WEIGHTS], lora_rank=r),
+                                          encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staged, out_dir)

@@ -203,3 +203,137 @@ def test_register_is_idempotent():
     assert (DefaultModelLoader.__dict__["get_all_weights"], EngineArgs.__dict__["create_engine_config"]) == first
     assert getattr(first[0], "__lahis_ctrl_wrapped__") and not hasattr(first[0].__wrapped__, "__lahis_ctrl_wrapped__")
     assert WorkerBase.lahis_set_head_mask is plugin.lahis_set_head_mask
+
+
+# --------------------------------------------------------------------------- per-request masks, without vLLM
+def _registry_files(tmp_path, model):
+    a = HeadMask.from_heads(model, [(0, 1), (2, 3)], 0.0)
+    b = HeadMask.from_heads(model, [(1, 0)], 0.0)
+    b.values[2, 2] = 2.0
+    return {"a": str(a.save(tmp_path / "a.safetensors")), "b": str(b.save(tmp_path / "b.json"))}, a, b
+
+
+def test_registry_config_refusals(tmp_path):
+    from lahis_ctrl.integrations.vllm.requests import registry_config
+
+    assert registry_config({}) == ({}, None) and registry_config(None) == ({}, None)
+    assert registry_config({"lahis_masks": {"de": "x"}, "lahis_default_mask": "de"}) == ({"de": "x"}, "de")
+    assert registry_config({"lahis_masks": {"de": "x"}, "lahis_default_mask": "none"}) == ({"de": "x"}, None)
+    for bad, message in [({"lahis_masks": ["x"]}, "must map names"), ({"lahis_masks": {}}, "must map names"),
+                         ({"lahis_masks": {"none": "x"}}, "not 'none'"), ({"lahis_masks": {"a b": "x"}}, "letters"),
+                         ({"lahis_masks": {"de": ""}}, "must be a mask file"),
+                         ({"lahis_masks": {"de": "x"}, "lahis_default_mask": "hi"}, "not among the registered"),
+                         ({"lahis_default_mask": "hi"}, "no masks are registered")]:
+        with pytest.raises(LahisError, match=message):
+            registry_config(bad)
+
+
+def test_front_end_resolves_and_checks_every_registered_mask(tmp_path, monkeypatch):
+    from lahis_ctrl.integrations.vllm.requests import check_registry
+
+    model = tiny_model("llama")
+    paths, _, _ = _registry_files(tmp_path, model)
+    monkeypatch.chdir(tmp_path)
+    additional = {"lahis_masks": {"a": "a.safetensors", "b": "b.json"}}
+    check_registry(additional, model.config, "tiny")
+    assert additional["lahis_masks"] == {"a": str((tmp_path / "a.safetensors").resolve()),
+                                         "b": str((tmp_path / "b.json").resolve())}  # what every worker reads
+    other = HeadMask.from_heads(tiny_model("gemma3"), [(0, 0)], 0.0).save(tmp_path / "g.safetensors")
+    with pytest.raises(MaskMismatchError, match=r"\['g'\] .* shape mismatch"):
+        check_registry({"lahis_masks": {"a": paths["a"], "g": str(other)}}, model.config, "tiny")
+    with pytest.raises(LahisError, match="per-request mask 'x' .* file not found"):
+        check_registry({"lahis_masks": {"x": str(tmp_path / "nope.safetensors")}}, model.config, "tiny")
+    with pytest.raises(LahisError, match="both configured"):
+        check_registry({"lahis_masks": {"a": paths["a"]}, CONFIG_KEY: paths["b"]}, model.config, "tiny")
+
+
+class _Projection(torch.nn.Linear):
+    """What vLLM's RowParallelLinear looks like to the plugin: the input columns of one rank."""
+
+    def __init__(self, width, hidden, rank, tp):
+        super().__init__(width // tp, hidden, bias=False)
+        self.input_size_per_partition, self.tp_rank, self.tp_size = width // tp, rank, tp
+
+
+def _vllm_like(model, rank, tp):
+    """A module tree named like vLLM's Llama (model.layers.N.self_attn.o_proj) holding one rank's projections."""
+    spec = describe(model)
+    width = spec.num_heads * spec.head_dim
+    root = torch.nn.Module()
+    root.model = torch.nn.Module()
+    root.model.layers = torch.nn.ModuleList()
+    for layer in range(spec.num_layers):
+        block = torch.nn.Module()
+        block.self_attn = torch.nn.Module()
+        block.self_attn.o_proj = _Projection(width, model.config.hidden_size, rank, tp)
+        root.model.layers.append(block)
+    return root
+
+
+def _vllm_config(model, additional, dtype=torch.float32):
+    return SimpleNamespace(model_config=SimpleNamespace(hf_config=model.config, model="tiny", dtype=dtype),
+                           additional_config=additional,
+                           scheduler_config=SimpleNamespace(max_num_batched_tokens=32, max_num_seqs=4))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_gain_tables_hold_each_ranks_columns_and_scale_each_token_by_its_row(tmp_path, monkeypatch, tp):
+    from lahis_ctrl.core.head_layout import feature_scales
+    from lahis_ctrl.integrations.vllm import requests
+
+    monkeypatch.setattr(requests, "_GAINS", requests._Gains())
+    model = tiny_model("llama")  # 3 layers x 4 heads x 16: o_proj input width 64
+    paths, a, b = _registry_files(tmp_path, model)
+    config = _vllm_config(model, {"lahis_masks": paths})
+    for rank in range(tp):
+        fake = _vllm_like(model, rank, tp)
+        requests.install_gains(fake, config)
+        cols = slice(rank * 64 // tp, (rank + 1) * 64 // tp)
+        for layer in range(3):
+            proj = fake.model.layers[layer].self_attn.o_proj
+            assert proj.lahis_gains.shape == (3, 64 // tp)  # [masks + 1, local heads x head_dim]
+            assert torch.equal(proj.lahis_gains[0], torch.ones(64 // tp))
+            assert torch.equal(proj.lahis_gains[1], feature_scales(a.values[layer], 16)[cols])
+            assert torch.equal(proj.lahis_gains[2], feature_scales(b.values[layer], 16)[cols])
+        assert requests._GAINS.columns == (cols.start, cols.stop)
+    # the per-token rows are written into the ONE shared buffer in place; each token is scaled by its row
+    rows = requests._GAINS.rows
+    address = rows.data_ptr()
+    requests._fill([2, 0, 1], [3, 1, 2])  # three requests: 3 tokens of b, 1 without a mask, 2 of a
+    assert rows.data_ptr() == address and rows[:6].tolist() == [2, 2, 2, 0, 1, 1]
+    proj = fake.model.layers[2].self_attn.o_proj
+    x = torch.randn(6, 64 // tp)
+    with torch.no_grad():
+        got = proj(x)
+        scaled = torch.stack([x[t] * proj.lahis_gains[r] for t, r in enumerate([2, 2, 2, 0, 1, 1])])
+        want = torch.nn.functional.linear(scaled, proj.weight)
+    assert torch.equal(got, want)
+
+
+def test_model_runner_wrappers_fill_rows_in_token_order(tmp_path, monkeypatch):
+    """The V1 runner (CPU; older GPU setups) and the V2 runner (the GPU default) lay tokens out per request in
+    their own batch order; each wrapper writes that order's rows."""
+    import numpy as np
+
+    from lahis_ctrl.integrations.vllm import requests
+
+    monkeypatch.setattr(requests, "_GAINS", requests._Gains())
+    model = tiny_model("llama")
+    paths, _, _ = _registry_files(tmp_path, model)
+    requests.install_gains(_vllm_like(model, 0, 1), _vllm_config(model, {"lahis_masks": paths}))
+    state = lambda name: SimpleNamespace(sampling_params=SimpleNamespace(  # noqa: E731
+        extra_args=None if name is None else {"lahis_mask": name}))
+    # V1: input_batch order r2, r0, r1; num_scheduled_tokens in that order
+    v1 = SimpleNamespace(input_batch=SimpleNamespace(num_reqs=3, req_ids=["r2", "r0", "r1", None]),
+                         requests={"r0": state("a"), "r1": state("none"), "r2": state("b")})
+    prepare = requests._wrap_v1_prepare_inputs(lambda self, so, n: "metadata")
+    assert prepare(v1, None, np.array([2, 1, 3])) == "metadata"
+    assert requests._GAINS.rows[:6].tolist() == [2, 2, 1, 0, 0, 0]
+    # V2: persistent request slots; the batch maps positions to slots and gives query start offsets
+    new = [SimpleNamespace(req_id=r, sampling_params=state(n).sampling_params)
+           for r, n in (("x", "b"), ("y", None), ("z", "a"))]
+    v2 = SimpleNamespace(req_states=SimpleNamespace(req_id_to_index={"x": 5, "y": 0, "z": 2}), max_num_reqs=8)
+    requests._wrap_v2_add_requests(lambda self, so: None)(v2, SimpleNamespace(scheduled_new_reqs=new))
+    batch = SimpleNamespace(num_reqs=3, idx_mapping_np=np.array([2, 5, 0]), query_start_loc_np=np.array([0, 1, 4, 6, 6]))
+    assert requests._wrap_v2_prepare_inputs(lambda self: batch)(v2) is batch
+    assert requests._GAINS.rows[:6].tolist() == [1, 2, 2, 2, 0, 0]

@@ -58,29 +58,36 @@ def _post(port, path, body):
         return json.loads(r.read())
 
 
+def _wait_ready(proc, log, port, timeout=400):
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, "server exited:\n" + open(log.name).read()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.time() < deadline, "server not ready in time"
+        time.sleep(1)
+
+
+def _complete(port, prompt, **extra):
+    """(token ids, logprobs) of a greedy completion through the OpenAI API."""
+    out = _post(port, "/v1/completions", {"model": model_dir(), "prompt": prompt, "max_tokens": MAX_NEW,
+                                          "temperature": 0, "logprobs": 0, "return_tokens_as_token_ids": True,
+                                          **extra})
+    lp = out["choices"][0]["logprobs"]
+    return [int(t.split(":")[1]) for t in lp["tokens"]], lp["token_logprobs"]
+
+
 def test_openai_server_serves_the_masked_model():
     ids, mask_path, masked, unmasked = references()
     port = _free_port()
     proc, log = _server(port, env_extra={MASK_ENV: mask_path})
     try:
-        deadline = time.time() + 400
-        while True:
-            assert proc.poll() is None, "server exited:\n" + open(log.name).read()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "server not ready in time"
-            time.sleep(1)
-        got = []
-        for prompt in ids:
-            out = _post(port, "/v1/completions", {"model": model_dir(), "prompt": prompt, "max_tokens": MAX_NEW,
-                                                  "temperature": 0, "logprobs": 0,
-                                                  "return_tokens_as_token_ids": True})
-            lp = out["choices"][0]["logprobs"]
-            got.append(([int(t.split(":")[1]) for t in lp["tokens"]], lp["token_logprobs"]))
+        _wait_ready(proc, log, port)
+        got = [_complete(port, prompt) for prompt in ids]
         assert_close_results(got, masked, atol=5e-4)  # compiled kernels may round differently from eager
     finally:
         _stop(proc)
@@ -111,3 +118,48 @@ def test_an_engine_that_cannot_fold_refuses_to_start(capfd):
                  **ENGINE_ARGS)
     err = capfd.readouterr()
     assert "was NOT applied to layers [0, 1, 2]" in err.out + err.err
+
+
+def test_openai_server_per_request_masks(tmp_path):
+    """Two masks registered at start (one by Hub repo id from an offline cache), chosen per request with
+    vllm_xargs; interleaved concurrent requests for each mask and none are answered as engines with that mask
+    folded in answer them alone; an unknown name is one request's HTTP 400, and the server keeps serving."""
+    import random
+    import urllib.error
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hub_support import cache_repo, hub_env
+    from vllm_support import request_masks_setup
+
+    ids, paths, refs = request_masks_setup()
+    home = tmp_path / "hf"
+    cache_repo(home, "lahis-test/mask-b", {"lahis_mask.safetensors": open(paths["b"], "rb").read()})
+    port = _free_port()
+    config = {"lahis_masks": {"a": paths["a"], "b": "lahis-test/mask-b"}}
+    proc, log = _server(port, "--additional-config", json.dumps(config), env_extra=hub_env(home),
+                        log_name="server-requests.log")
+    try:
+        _wait_ready(proc, log, port)
+        jobs = [(i, name) for name in (None, "a", "b") for i in range(len(ids))]
+        random.Random(1).shuffle(jobs)
+
+        def ask(job):
+            i, name = job
+            return _complete(port, ids[i], **({} if name is None else {"vllm_xargs": {"lahis_mask": name}}))
+
+        with ThreadPoolExecutor(max_workers=6) as pool:  # in flight together: the engine batches them
+            got = list(pool.map(ask, jobs))
+        for (i, name), result in zip(jobs, got):
+            assert_close_results([result], [refs[name][i]], atol=5e-4)  # compiled vs eager references
+        for bad in ("zz", paths["a"]):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                _complete(port, ids[0], vllm_xargs={"lahis_mask": bad})
+            assert exc.value.code == 400
+            message = json.loads(exc.value.read())["error"]["message"]
+            assert "is not a head mask registered with this server; registered: a, b" in message
+            assert "\n" not in message
+        assert_close_results([_complete(port, ids[2], vllm_xargs={"lahis_mask": "b"})], [refs["b"][2]], atol=5e-4)
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+        log.close()

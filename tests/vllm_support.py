@@ -136,3 +136,58 @@ def assert_close_results(got, want, atol=1e-4):
 
 def max_diff(a, b) -> float:
     return max(abs(x - y) for g, w in zip(a, b) for x, y in zip(g[1], w[1]))
+
+
+# --------------------------------------------------------------------------- per-request masks (test_vllm_requests.py,
+# test_vllm_server.py): two masks, and what each prompt gives served alone with each mask folded at load
+LONG_PROMPT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France. Der schnelle braune "
+               "Fuchs springt über den faulen Hund. Berlin ist die Hauptstadt. El rápido zorro marrón salta sobre el "
+               "perro perezoso. Madrid es la capital de España.")  # ~100 tokens: 3 KV-cache blocks of 32
+
+
+def make_mask_b(model):
+    """Layer 0: head 0 silenced; layer 1: head 1 halved, head 3 silenced; layer 2: head 2 silenced."""
+    from lahis_ctrl import HeadMask
+
+    mask = HeadMask.from_heads(model, [(0, 0), (1, 3), (2, 2)], 0.0, language="de")
+    mask.values[1, 1] = 0.5
+    return mask
+
+
+@functools.lru_cache(maxsize=1)
+def request_masks_setup():
+    """(prompt ids incl. the long prompt, {name: mask path}, {name: [(tokens, logprobs) per prompt]}) where each
+    reference is the prompt served ALONE by an engine with that mask folded into its weights (set_head_mask, which
+    equals the load-time fold bit for bit: test_vllm.py); name None = unmasked."""
+    import vllm as _vllm
+
+    from lahis_ctrl.integrations.vllm import set_head_mask
+
+    ids, path_a, _, _ = references()
+    tok = tiny_tokenizer()
+    ids = ids + [tok(LONG_PROMPT)["input_ids"]]
+    path_b = str(make_mask_b(vllm_tiny_model()).save(Path(workdir()) / "mask_b.safetensors"))
+    paths = {"a": path_a, "b": path_b}
+    llm = _vllm.LLM(model_dir(), enforce_eager=True, **ENGINE_ARGS)
+    try:
+        refs = {}
+        for name in (None, "a", "b"):
+            set_head_mask(llm, paths.get(name))
+            refs[name] = [vllm_greedy(llm, [prompt])[0] for prompt in ids]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    return ids, paths, refs
+
+
+def generate_with_masks(llm, ids, names):
+    """Greedy outputs of prompt ids[i] with mask names[i] (None = no name), all in ONE generate call."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(temperature=0, max_tokens=MAX_NEW, logprobs=0,
+                             extra_args=None if n is None else {"lahis_mask": n}) for n in names]
+    outs = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+    res = []
+    for o in outs:
+        c = o.outputs[0]
+        res.append((list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)], o.num_cached_tokens))
+    return res

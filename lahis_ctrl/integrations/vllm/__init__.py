@@ -7,8 +7,10 @@
   or the environment variable `LAHIS_MASK=PATH`.
 * Live masks: `set_head_mask(llm, mask)` re-streams the weights of a running `vllm.LLM` through the
   same fold on every rank and resets the prefix cache; `mask=None` restores the checkpoint's weights.
-* Per-request masks: `export_lora(model, mask, out_dir)` writes a PEFT LoRA adapter that reproduces a
-  mask, for vLLM's multi-LoRA serving (`LoRARequest`) and for PEFT in transformers.
+* Per-request masks: register named masks at start (`additional_config={"lahis_masks": {"de": REF, ...}}`),
+  pick one per request (`SamplingParams(extra_args={"lahis_mask": "de"})`, or `vllm_xargs` in the OpenAI
+  server); a per-token gain on each output projection's input (see requests.py). `export_lora(model, mask,
+  out_dir)` writes a PEFT LoRA adapter that reproduces a mask, for vLLM's multi-LoRA serving and for PEFT.
 * lm-eval: `lahis_ctrl.vllm.lm_eval_model.LahisVLLM` (registered by lahis_ctrl as `lahis_vllm`).
 
 Importing this package does not import vLLM or torch; only the functions that need them do.
@@ -25,7 +27,7 @@ ARCH_ENV = "LAHIS_ARCH"  # optional JSON ArchSpec override for architectures lah
 _EXPORTS = {
     "set_head_mask": "live", "get_head_mask": "live",
     "export_lora": "lora", "lora_rank": "lora", "VLLM_LORA_RANKS": "lora",
-    "register": "plugin", "mask_status": "live",
+    "register": "plugin", "mask_status": "live", "request_masks": "live",
 }
 
 __all__ = sorted(_EXPORTS) + ["MASK_ENV", "CONFIG_KEY", "ARCH_ENV"]

@@ -39,13 +39,20 @@ def _rpc(llm, method: str, *args):
 def set_head_mask(llm, mask) -> list[dict]:
     """Fold `mask` into the running engine's weights on every rank; `None` restores the checkpoint's.
 
-    `mask`: a HeadMask, a mask file (.safetensors/.json), a [layers, heads] tensor, or None. The weights
+    `mask`: a HeadMask, a mask reference (a file, a folder, a Hub repo id), a [layers, heads] tensor, or None. The weights
     are streamed from the checkpoint again through the same fold as a load-time mask, so the engine then
     computes exactly what a freshly started engine with this mask computes (any earlier mask is replaced,
     not compounded). The prefix cache is reset, since cached attention states belong to the old weights.
     Call it between `generate` calls (no request in flight). Returns each rank's status.
     """
     model_config = _engine_config(llm)
+    from .requests import MASKS_KEY
+
+    additional = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "additional_config", None)
+    if isinstance(additional, dict) and additional.get(MASKS_KEY):
+        raise LahisError(f"this engine serves per-request masks ({', '.join(additional[MASKS_KEY])}): they apply to the "
+                         "checkpoint's weights, so a live mask would multiply with them; choose masks per request "
+                         "instead (SamplingParams(extra_args={'lahis_mask': NAME}))")
     spec = config_spec(model_config.hf_config, str(model_config.model))
     if mask is not None:
         if isinstance(mask, (str, os.PathLike)):
@@ -58,6 +65,12 @@ def set_head_mask(llm, mask) -> list[dict]:
     status = _rpc(llm, "lahis_set_head_mask", None if mask is None else mask_payload(mask))
     llm.reset_prefix_cache()
     return status
+
+
+def request_masks(llm) -> list[dict]:
+    """Each rank's per-request masks: [{'rank', 'names', 'default', 'columns', 'layers', 'table_shape'}, ...];
+    'columns' are the o_proj input columns (the heads) the rank's gain tables cover."""
+    return _rpc(llm, "lahis_request_masks")
 
 
 def mask_status(llm) -> list[dict]:

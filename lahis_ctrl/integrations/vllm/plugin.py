@@ -16,14 +16,19 @@ worker). It wraps a few vLLM functions, once per process (calling it again is a 
   compiles anything. Tensor parallelism therefore needs nothing special: the RowParallelLinear weight
   loader of rank r keeps the columns of the heads that rank holds, already scaled. CPU repacking, CUDA
   graphs and torch.compile only ever see the scaled weights, and inference costs nothing extra.
-* `WorkerBase` gains `lahis_set_head_mask` / `lahis_mask_status`, which `set_head_mask(llm, mask)` calls
-  through `collective_rpc` by name (no pickled callables, so VLLM_ALLOW_INSECURE_SERIALIZATION stays off).
+* `WorkerBase` gains `lahis_set_head_mask` / `lahis_mask_status` / `lahis_request_masks`, which
+  `set_head_mask(llm, mask)` and friends call through `collective_rpc` by name (no pickled callables, so
+  VLLM_ALLOW_INSECURE_SERIALIZATION stays off).
+* Per-request masks (`additional_config={"lahis_masks": {name: REF}}`; see requests.py): the front end checks
+  them with the other masks, `InputProcessor.process_inputs` checks each request's name and salts its prefix
+  cache, the workers install gain tables after loading, and the V1/V2 model runners fill the per-token rows.
 
 With no mask configured every wrapper returns after a dictionary lookup and an environment read, and
 register() itself takes milliseconds: the loader and worker patches wait until vLLM imports those modules.
-Where the mask comes from: `additional_config={"lahis_mask": PATH}` (vLLM's own config; CLI
-`--additional-config '{"lahis_mask": "PATH"}'`) or the environment variable LAHIS_MASK=PATH. If both are
-set they must name the same file.
+Where the mask comes from: `additional_config={"lahis_mask": REF}` (vLLM's own config; CLI
+`--additional-config '{"lahis_mask": "REF"}'`) or the environment variable LAHIS_MASK=REF, where REF is a mask
+file, a folder or a Hub repo id (core.hub). If both are set they must name the same file. The front end resolves
+the reference once and passes the workers the local file it resolved to.
 """
 
 from __future__ import annotations
@@ -63,14 +68,15 @@ _STATE = _State()
 
 # --------------------------------------------------------------------------- where the mask comes from
 def configured_mask_path(additional_config=None) -> tuple[str | None, str]:
-    """(path, description) of the mask configured for this engine, or (None, '') when there is none."""
+    """(reference, description) of the mask configured for this engine, or (None, '') when there is none. A
+    reference is a file, a folder or a Hub repo id (core.hub); two given must name the same file."""
     from ...core.errors import LahisError
 
     from_config = None
     if isinstance(additional_config, dict):
         from_config = additional_config.get(CONFIG_KEY)
     from_env = os.environ.get(MASK_ENV) or None
-    if from_config and from_env and Path(from_config).resolve() != Path(from_env).resolve():
+    if from_config and from_env and from_config != from_env and _same_file(from_config, from_env) is False:
         raise LahisError(
             f"two different head masks are configured: additional_config['{CONFIG_KEY}']={from_config} and "
             f"{MASK_ENV}={from_env}. Give one (unset {MASK_ENV} or drop the additional_config key)."
@@ -80,6 +86,17 @@ def configured_mask_path(additional_config=None) -> tuple[str | None, str]:
     if from_env:
         return from_env, f"${MASK_ENV}"
     return None, ""
+
+
+def _same_file(a: str, b: str):
+    """Whether two mask references name the same file (None when one cannot be resolved: the load will say why)."""
+    from ...core.errors import LahisError
+    from ...core.hub import resolve_mask_file
+
+    try:
+        return resolve_mask_file(a).resolve() == resolve_mask_file(b).resolve()
+    except LahisError:
+        return None
 
 
 def config_spec(hf_config, name: str = ""):
@@ -101,21 +118,22 @@ def _allowed(additional_config, key: str) -> bool:
 def load_checked_mask(path: str, source: str, hf_config, name: str = "", additional_config=None):
     """Load a mask file and check it belongs to this model; None for an all-ones mask (nothing to fold).
 
-    Refused, each with the reason: a mask of another model; negative or absurd scales (unless
-    additional_config[ALLOW_EXTREME_KEY]); a checkpoint that already has a mask folded in (unless
-    additional_config[ALLOW_REFOLD_KEY]); a .safetensors mask inside the model's folder, which vLLM would read as
-    a weight file."""
+    `path` is any mask reference (a file, a folder, a Hub repo id: core.hub). Refused, each with the reason: a
+    mask of another model; negative or absurd scales (unless additional_config[ALLOW_EXTREME_KEY]); a checkpoint
+    that already has a mask folded in (unless additional_config[ALLOW_REFOLD_KEY]); a .safetensors mask inside the
+    model's folder, which vLLM would read as a weight file."""
     from ...core.errors import LahisError
     from ...core.export import check_not_folded
+    from ...core.hub import resolve_mask_file
     from ...core.mask import HeadMask
 
     try:
-        p = Path(path)
+        p = resolve_mask_file(path)
         if name and p.suffix == ".safetensors" and Path(name).is_dir() \
                 and Path(name).resolve() in p.resolve().parents:
             raise LahisError(f"the mask lies inside the model folder {name}, where vLLM loads every *.safetensors "
                              "file as weights: move it out of the folder (or save it as .json)")
-        mask = HeadMask.load(path)
+        mask = HeadMask.load(p)
         mask.check_sane(_allowed(additional_config, ALLOW_EXTREME_KEY))
         mask.validate(config_spec(hf_config, name))
         check_not_folded(hf_config, _allowed(additional_config, ALLOW_REFOLD_KEY), name or "this model")
@@ -140,22 +158,16 @@ def _o_proj_locator(hf_config) -> tuple[str, str]:
     key = hf_config.to_json_string(use_diff=False) + (os.environ.get(ARCH_ENV) or "")
     if key in _LOCATORS:
         return _LOCATORS[key]
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from ...core.errors import LahisError
-    from ...core.architecture import describe
+    from ...core.export import meta_spec
 
     try:
-        with torch.device("meta"):  # module structure only: no memory, no initialisation cost
-            model = AutoModelForCausalLM.from_config(hf_config)
-    except Exception as exc:
+        spec = meta_spec(hf_config, arch=os.environ.get(ARCH_ENV) or None)  # module structure only, on meta
+    except LahisError as exc:
         raise LahisError(
-            f"cannot build the transformers model of model_type '{hf_config.model_type}' to locate its attention "
-            f"output projections ({exc}). Set {ARCH_ENV} to an ArchSpec JSON, e.g. "
+            f"{exc}: cannot locate its attention output projections. Set {ARCH_ENV} to an ArchSpec JSON, e.g. "
             f"'{{\"o_proj\": \"model.layers.{{layer}}.self_attn.o_proj\"}}'."
         ) from exc
-    spec = describe(model, os.environ.get(ARCH_ENV) or None)
     first = spec.o_proj_names[0]
     m = re.match(r"^(.*?)0\.(.+)$", first)
     if m is None:
@@ -288,6 +300,9 @@ def _wrap_load_model(original):
         finally:
             _STATE.loading -= 1
         check_folded()
+        from .requests import install_gains
+
+        install_gains(model, vllm_config)  # per-request masks, when registered: before any compile or capture
         return model
 
     setattr(load_model, _WRAPPED, True)
@@ -303,11 +318,20 @@ def _wrap_create_engine_config(original):
 
         try:
             path, source = configured_mask_path(additional)
+            mc = config.model_config
             if path:
-                mc = config.model_config
+                from ...core.hub import resolve_mask_file
+
                 load_checked_mask(path, source, mc.hf_config, str(mc.model), additional)  # raises with the reason
+                # workers read the file the front end resolved (a Hub reference is fetched once, here)
+                resolved = str(resolve_mask_file(path).resolve())
                 if isinstance(additional, dict) and additional.get(CONFIG_KEY):
-                    additional[CONFIG_KEY] = str(Path(path).resolve())  # worker processes may run elsewhere
+                    additional[CONFIG_KEY] = resolved
+                if os.environ.get(MASK_ENV):
+                    os.environ[MASK_ENV] = resolved  # inherited by the engine and worker processes started next
+            from .requests import check_registry
+
+            check_registry(additional, mc.hf_config, str(mc.model))  # per-request masks: resolved and checked
         except LahisError as exc:
             if _under_vllm_cli():  # one line, before any engine process starts, instead of a traceback
                 print(f"lahis_ctrl: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -341,6 +365,13 @@ def lahis_set_head_mask(worker, payload):
     worker.reload_weights()
     check_folded()
     return lahis_mask_status(worker)
+
+
+def lahis_request_masks(worker):
+    """Worker side of `request_masks(llm)`: the per-request masks this worker serves and its input columns."""
+    from .requests import status
+
+    return status(worker)
 
 
 def lahis_mask_status(worker):
@@ -450,6 +481,26 @@ def _patch_worker(module) -> None:
     if "lahis_set_head_mask" not in worker_base.__dict__:
         worker_base.lahis_set_head_mask = lahis_set_head_mask
         worker_base.lahis_mask_status = lahis_mask_status
+        worker_base.lahis_request_masks = lahis_request_masks
+
+
+def _patch_input_processor(module) -> None:
+    from .requests import _wrap_process_inputs
+
+    _patch(module.InputProcessor, "process_inputs", _wrap_process_inputs)
+
+
+def _patch_v1_runner(module) -> None:
+    from .requests import _wrap_v1_prepare_inputs
+
+    _patch(module.GPUModelRunner, "_prepare_inputs", _wrap_v1_prepare_inputs)
+
+
+def _patch_v2_runner(module) -> None:
+    from .requests import _wrap_v2_add_requests, _wrap_v2_prepare_inputs
+
+    _patch(module.GPUModelRunner, "add_requests", _wrap_v2_add_requests)
+    _patch(module.GPUModelRunner, "prepare_inputs", _wrap_v2_prepare_inputs)
 
 
 def register() -> None:
@@ -463,3 +514,7 @@ def register() -> None:
     _patch(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     _after_import("vllm.model_executor.model_loader", _patch_loaders)
     _after_import("vllm.v1.worker.worker_base", _patch_worker)
+    # per-request masks: the front end's request check and cache salt, each model runner's per-step row fill
+    _after_import("vllm.v1.engine.input_processor", _patch_input_processor)
+    _after_import("vllm.v1.worker.gpu_model_runner", _patch_v1_runner)
+    _after_import("vllm.v1.worker.gpu.model_runner", _patch_v2_runner)

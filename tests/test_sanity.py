@@ -116,6 +116,21 @@ def test_classify_heads_names_a_wrong_argument(arg, error, phrase):
     assert phrase in str(err.value)
 
 
+@pytest.mark.parametrize("arch, phrase", [
+    ({"o_proj": "model.layers.{layer}.self_attn.q_proj"}, "needs no override"),
+    ({"o_proj": "model.layers.{layer}.self_attn.o_proj", "layout": "conv1d"}, "(conv1d), whose input"),
+    ({"o_proj": "model.layers.{layer}.attn.nope"}, "do not exist"),
+])
+def test_an_override_that_contradicts_a_known_architecture_is_refused(model, arch, phrase):
+    from lahis_ctrl.core.architecture import describe
+    from lahis_ctrl.core.errors import UnknownArchitectureError
+
+    with pytest.raises(UnknownArchitectureError) as err:
+        describe(model, arch)
+    assert phrase in str(err.value)
+    assert describe(model, {"o_proj": "model.layers.{layer}.self_attn.o_proj"}).shape == (3, 4)  # the right one
+
+
 # ------------------------------------------------------------------------------------------ results are checked too
 def test_a_diverged_faithful_run_stops_with_its_cause_and_writes_no_score_file(tmp_path, capsys):
     """`lahis score --mode faithful --lr 1e30`: one line naming the lr, exit 2, no NaN score file."""

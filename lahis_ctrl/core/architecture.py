@@ -177,6 +177,19 @@ def _model_type(config) -> str:
     return getattr(text_config(config), "model_type", None) or config.model_type
 
 
+def _check_against_known(arch: ArchSpec, model_type: str) -> None:
+    """An override for an architecture lahis_ctrl knows must name the module it knows (an override naming q_proj on a
+    Llama would scale something that is not the heads' outputs, without a word)."""
+    if model_type not in _KNOWN:
+        return
+    suffix, layout = _KNOWN[model_type]
+    if not arch.o_proj.endswith("." + suffix) or arch.layout != layout:
+        raise UnknownArchitectureError(
+            f"model_type '{model_type}' needs no override: its attention output projection is '*.<layer>.{suffix}' "
+            f"({layout}), but the override names '{arch.o_proj}' ({arch.layout}), whose input is not the heads' "
+            "outputs; leave the override out")
+
+
 def _resolve_arch(model, arch) -> ArchSpec | None:
     arch = ArchSpec.coerce(arch)
     if arch is not None:
@@ -206,6 +219,8 @@ def describe(model, arch: ArchSpec | dict | str | None = None) -> ModelSpec:
                 f"the override's o_proj pattern '{arch.o_proj}' names modules that do not exist, "
                 f"e.g. '{missing[0]}'. Run `lahis info MODEL --modules` to list the model's modules.\n{OVERRIDE_HELP}"
             )
+        if arch is not _REGISTERED.get(model_type):  # a registered override is the user's deliberate choice
+            _check_against_known(arch, model_type)
         layout = arch.layout
     else:
         if model_type not in _KNOWN:
@@ -288,6 +303,7 @@ def check_arch(arch, config) -> "ArchSpec | None":
         return None
     layers, _, _, _ = head_counts(config, arch)
     _check_layer_placeholder(arch, layers)
+    _check_against_known(arch, _model_type(config))
     return arch
 
 

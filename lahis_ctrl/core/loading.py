@@ -145,7 +145,7 @@ def placement(device: str | None = "auto", device_map=None):
     if device in (None, "auto"):
         target = torch.device("cuda", 0) if torch.cuda.is_available() else None
     else:
-        target = torch.device(device)
+        target = check_device(device)
     if target is None or target.type == "cpu":
         return None, None
     if target.type == "cuda" and importlib.util.find_spec("accelerate") is not None:

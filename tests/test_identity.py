@@ -335,3 +335,18 @@ def test_demo_refuses_a_folder_of_another_model_or_other_settings(model_dirs, tm
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
     assert len(err) == 1 and phrase in err[0] and str(out) in err[0], err
     assert _snapshot(out) == before  # the other model's files are all still there, unchanged
+
+
+def test_soft_mask_checkpoints_of_other_weights_are_refused_or_replaced_when_asked(two_models, tmp_path):
+    from lahis_ctrl.lahis.softmask import train_mask
+
+    a, b, tok = two_models
+    rows = [{"id": str(i), "context": "Berlin ist die Hauptstadt.", "question": "Was ist die Hauptstadt?",
+             "answers": {"text": ["Berlin"]}} for i in range(2)]
+    kw = dict(n=1, heads="random", rows=rows, checkpoint_dir=tmp_path / "m.ckpt")
+    train_mask(a, tok, "de", epochs=1, **kw)  # A's epoch-001 stays in the folder
+    with pytest.raises(ModelMismatchError, match="soft-mask training checkpoint .*epoch-001.*: made from another"):
+        train_mask(b, tok, "de", epochs=2, **kw)
+    replaced = train_mask(b, tok, "de", epochs=2, replace_checkpoints=True, **kw)
+    fresh = train_mask(b, tok, "de", epochs=2, n=1, heads="random", rows=rows)
+    assert torch.equal(replaced.values, fresh.values)  # B trained from its own start, not from A's epoch 1

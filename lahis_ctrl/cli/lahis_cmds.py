@@ -130,9 +130,10 @@ def heads(scores: str, q: Quantile = 0.96, min_rep: Optional[PositiveInt] = None
     from ..lahis.heads import classify_heads, format_classification, load_scores
 
     c = classify_heads(load_scores(scores), q=q, min_rep=min_rep)
+    if out is not None:  # written first: a refused or failed write prints one error line, not a half report
+        c.save(out)
     print(format_classification(c))
     if out is not None:
-        c.save(out)
         print(f"wrote {out}")
 
 
@@ -245,7 +246,7 @@ def train_mask(*, lang: str, scores: Optional[Path] = None, model: str = "gemma-
         checkpoints = out.with_name(out.name + ".ckpt")
         mask = train(m, tok, lang, score_obj, n=trainable_heads, p=head_share, epochs=epochs, lr=lr,
                      batch_size=batch_size, heads=pick, seed=seed, rows=rows, style=style, weight_decay=weight_decay,
-                     max_length=max_length, checkpoint_dir=checkpoints, progress=True)
+                     max_length=max_length, checkpoint_dir=checkpoints, progress=True, replace_checkpoints=overwrite)
         mask.save(out)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the mask is written: its per-epoch checkpoints are done
     changed = ", ".join(f"L{layer}H{head}={mask.values[layer, head]:.3f}" for layer, head in mask.changed_heads())

@@ -188,7 +188,8 @@ class Checkpoint:
             if self.replace:
                 return None
             check_same_model(found[1].get(self.IDENTITY_KEY), self.identity, f"{self.what} {self.path}",
-                             fix="it cannot be resumed with this model; write to another output")
+                             fix="it cannot be resumed with this model; write to another output (or replace it "
+                                 "with --overwrite)")
         if found[1].get("fingerprint") != self.fingerprint:
             if self.replace:
                 return None

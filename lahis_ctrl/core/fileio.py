@@ -44,6 +44,17 @@ def _user_path_error(exc: OSError, tmp: Path, user: Path) -> OSError:
     return new
 
 
+def _cannot_create(exc: OSError, user: Path) -> OSError:
+    """A failure to create `user` (or the temporary file beside it) as an OS error naming `user`; "not found"
+    (ENOENT from a folder that takes no files, such as /proc) becomes a plain "cannot create"."""
+    import errno
+
+    if isinstance(exc, FileNotFoundError) and user.parent.is_dir():
+        return PermissionError(errno.EACCES, f"cannot create a file in {user.parent}", str(user))
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(user)) if exc.errno is not None else \
+        OSError(None, str(exc), str(user))
+
+
 def _new_file_mode(existing: Path) -> int:
     """The mode a replaced file keeps, or the one a plain open() would give a new file (mkstemp makes 0600)."""
     try:
@@ -64,8 +75,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
-    except OSError as exc:
-        raise _user_path_error(exc, tmp_path, user) from exc
+    except OSError as exc:  # the folder takes no new file (read-only, /proc, full): name the user's file
+        raise _cannot_create(exc, user) from exc
     try:
         try:
             yield tmp_path
@@ -95,7 +106,7 @@ def replace_together(folder: str | os.PathLike) -> Iterator[Path]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     except OSError as exc:
-        raise _user_path_error(exc, tmp, user) from exc
+        raise _cannot_create(exc, user) from exc
     try:
         try:
             yield tmp

@@ -140,6 +140,10 @@ def _local_file(source: str, lang: str) -> Path:
         raise LahisError(f"no text for language '{lang}' in {path} (expected {lang}.txt or {lang}.jsonl); "
                          f"languages there: {', '.join(have) or 'none'}")
     if not path.is_file():
+        if os.path.lexists(path):  # something is there: a pipe, a device, a broken link - say which
+            from ..core.fileio import check_input_file
+
+            check_input_file(path, "corpus source")
         raise LahisError(f"corpus source not found: {path} (use 'wikipedia', 'embedded', a .txt/.jsonl file or a "
                          "directory of <lang>.txt files)")
     if path.suffix not in (".txt", ".jsonl"):

@@ -203,13 +203,16 @@ def _checkpoint(directory: Path, epoch: int, fp: str, identity: dict | None = No
                       identity=identity)
 
 
-def _latest_checkpoint(directory: Path, fp: str, epochs: int, identity: dict | None = None
-                       ) -> tuple[int, dict, dict] | None:
+def _latest_checkpoint(directory: Path, fp: str, epochs: int, identity: dict | None = None,
+                       replace: bool = False) -> tuple[int, dict, dict] | None:
     """(epoch, tensors, history) of the latest checkpoint at or before `epochs`; files of other runs (other settings
-    or another model's weights) refuse."""
+    or another model's weights) refuse, or with `replace` are passed over (and overwritten by this run)."""
     found = None
     for path in sorted(directory.glob("epoch-*.safetensors")):
-        tensors, state = Checkpoint(path, fp, "soft-mask training checkpoint", identity=identity).load()
+        loaded = Checkpoint(path, fp, "soft-mask training checkpoint", replace=replace, identity=identity).load()
+        if loaded is None:
+            continue
+        tensors, state = loaded
         epoch = int(state["epoch"])  # a string in files of earlier versions, which kept the state as metadata
         history = state.get("log", {})
         history = json.loads(history) if isinstance(history, str) else history
@@ -228,7 +231,8 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
                lr: float = 1e-2, batch_size: int = 1, heads: str = "top", seed: int = 0,
                rows: Optional[Sequence[dict]] = None, data: str | os.PathLike | None = None, style: str = "paper",
                weight_decay: float = 0.01, shuffle: bool = False, max_length: int | None = None,
-               checkpoint_dir: str | os.PathLike | None = None, progress: bool = False) -> HeadMask:
+               checkpoint_dir: str | os.PathLike | None = None, progress: bool = False,
+               replace_checkpoints: bool = False) -> HeadMask:
     """Train a soft head mask for `lang` and return it as a HeadMask.
 
     Args:
@@ -248,7 +252,10 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
         weight_decay: AdamW's decoupled weight decay (torch's default, 0.01), trainable heads only.
         shuffle: reshuffle the rows every epoch (seeded); the reference keeps one order.
         max_length: cut prompts from the left so prompt + answer fit.
-        checkpoint_dir: write a checkpoint after every epoch there, and resume from the latest one.
+        checkpoint_dir: write a checkpoint after every epoch there, and resume from the latest one (made with the
+            same settings and model weights; one made otherwise is refused).
+        replace_checkpoints: checkpoints in checkpoint_dir made with other settings or weights are started over
+            instead of refused.
         progress: show a tqdm progress bar.
     """
     from tqdm.auto import tqdm
@@ -291,7 +298,7 @@ def train_mask(model, tokenizer, lang: str, scores=None, n: int | None = None, p
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and ckpt_dir.is_dir():
-        found = _latest_checkpoint(ckpt_dir, fp, epochs, identity)
+        found = _latest_checkpoint(ckpt_dir, fp, epochs, identity, replace_checkpoints)
         if found is not None:
             start_epoch, tensors, history = found
             trainer.load_state_tensors(tensors)

@@ -131,6 +131,36 @@ def test_an_override_that_contradicts_a_known_architecture_is_refused(model, arc
     assert describe(model, {"o_proj": "model.layers.{layer}.self_attn.o_proj"}).shape == (3, 4)  # the right one
 
 
+ROWS = [{"id": "1", "context": "Berlin ist die Hauptstadt.", "question": "Was?", "answers": {"text": ["Berlin"]}}]
+API_MISUSE = [
+    # (call, error, phrase): public functions name the argument that is wrong
+    (lambda m, t: __import__("lahis_ctrl").score_heads(m, t, "one text", progress=False), LahisError,
+     "texts must be a list of strings, not one string"),
+    (lambda m, t: __import__("lahis_ctrl").score_heads(m, t, [1, 2], progress=False), LahisError,
+     "texts must be strings; item 0"),
+    (lambda m, t: __import__("lahis_ctrl").score_heads(m, t, ["a b"], mode="faithful", lr=float("nan"),
+                                                       progress=False), LahisError, "lr must be a finite number"),
+    (lambda m, t: __import__("lahis_ctrl").score_languages(m, t, "en", progress=False), TypeError,
+     "languages must be a list of language codes"),
+    (lambda m, t: __import__("lahis_ctrl").evaluate_masks(m, t, "de", ["de.safetensors"], ROWS), TypeError,
+     "masks must be a mapping"),
+    (lambda m, t: __import__("lahis_ctrl").HeadScores(torch.ones(3, 4), torch.ones(3, 4), torch.ones(3, 4),
+                                                      model_type="llama", head_dim=16).top_heads("3"), TypeError,
+     "n is a number of heads"),
+    (lambda m, t: __import__("lahis_ctrl").apply_head_mask(m, 3).__enter__(), TypeError,
+     "expected a HeadMask, a path or a tensor"),
+    (lambda m, t: __import__("lahis_ctrl").train_mask(m, t, "de", "nope.safetensors", rows=ROWS), LahisError,
+     "LAHIS score file not found: nope.safetensors"),
+]
+
+
+@pytest.mark.parametrize("call, error, phrase", API_MISUSE, ids=[c[2][:40] for c in API_MISUSE])
+def test_public_functions_name_a_wrong_argument(model, call, error, phrase):
+    with pytest.raises(error) as err:
+        call(model, tiny_tokenizer())
+    assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------ results are checked too
 def test_a_diverged_faithful_run_stops_with_its_cause_and_writes_no_score_file(tmp_path, capsys):
     """`lahis score --mode faithful --lr 1e30`: one line naming the lr, exit 2, no NaN score file."""

@@ -136,6 +136,9 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     from ..core.architecture import describe
     from ..core.mask import as_mask
 
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping {{name: HeadMask, mask file or None}}, e.g. {{'original': None, "
+                        f"'de': 'de.safetensors'}}; got a {type(masks).__name__}")
     rows = list(rows)
     if not rows:
         raise LahisError("no rows to evaluate: the evaluation split is empty")

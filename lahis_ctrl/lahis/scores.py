@@ -69,6 +69,8 @@ class HeadScores:
 
     def top_heads(self, n: int) -> list[tuple[int, int]]:
         """The n highest-scoring heads as (layer, head), best first (ties: lower layer, then lower head)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"top_heads(n): n is a number of heads (a whole number), got {n!r}")
         if n < 0:
             raise LahisError(f"top_heads needs n >= 0, got {n}")
         flat = self.scores.flatten()

@@ -450,6 +450,8 @@ def score_languages(model, tokenizer, languages: Sequence[str], source: str = "e
         exchange their results.
     """
     dist.check_mode(mode, split, distributed)
+    if isinstance(languages, (str, bytes)) or not hasattr(languages, "__iter__"):
+        raise TypeError(f"languages must be a list of language codes, e.g. ['en', 'de']; got {languages!r}")
     languages = list(languages)
     ctx = dist.context(distributed)
     common = dict(source=source, n=n, mode=mode, max_length=max_length, batch_size=batch_size, seed=seed,

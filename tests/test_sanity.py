@@ -282,3 +282,22 @@ def test_this_packages_refusals_under_plain_lm_eval_are_one_line_and_exit_2(tmp_
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1 and phrase in errors[0], errors
     assert errors[0].startswith(("lahis_hf: error: ", "lm_eval: error: ")) and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("ids_in", ["input", "compared"])
+def test_audit_compare_refuses_to_pair_by_line_order_when_only_one_side_has_ids(tmp_path, capsys, ids_in):
+    import json
+
+    from lahis_ctrl.cli import main
+
+    texts = ["The capital of France is Paris.", "Berlin ist die Hauptstadt.", "Madrid es la capital."]
+    with_ids = [{"id": str(i), "expected_lang": "en", "generation": t} for i, t in enumerate(texts)]
+    without = [{"expected_lang": "en", "generation": t} for t in reversed(texts)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first, second = (with_ids, without) if ids_in == "input" else (without, with_ids)
+    a.write_text("".join(json.dumps(r) + "\n" for r in first))
+    b.write_text("".join(json.dumps(r) + "\n" for r in second))
+    assert main(["audit", str(a), "--compare", str(b), "--out", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+    assert len(err) == 1 and "cannot be matched item by item" in err[0], err
+    assert not (tmp_path / "out").exists()

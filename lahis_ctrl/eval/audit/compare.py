@@ -54,6 +54,13 @@ def match_items(a: Sequence[AuditRecord], b: Sequence[AuditRecord], a_name: str 
                 raise LahisError(f"--compare: the two inputs do not hold the same items: {_item_name(b[j])} of "
                                  f"{b_name} ({b[j].source}) is not in {a_name}")
         return [(i, index[1][key]) for key, i in index[0].items()], "item id"
+    has_ids = {name: bool(recs) and all(r.item is not None for r in recs) for name, recs in ((a_name, a), (b_name, b))}
+    if any(has_ids.values()):  # one side names its items, the other does not: line order could pair other items
+        with_ids, without = (a_name, b_name) if has_ids[a_name] else (b_name, a_name)
+        raise LahisError(f"--compare: every text of {with_ids} has an item id (id / doc_id) but not every text of "
+                         f"{without}, so the two cannot be matched item by item, and line order could pair different "
+                         f"items: give the texts of {without} their ids too (or remove the ids from both to pair by "
+                         "line order)")
     if a_skipped or b_skipped:
         raise LahisError("--compare matches these inputs by line order (not every text has an id or doc_id), which "
                          "skipped bad lines would shift: fix the bad lines, or give every text an 'id' field")

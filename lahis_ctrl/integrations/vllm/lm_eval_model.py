@@ -60,8 +60,13 @@ class LahisVLLM(VLLM):
         except LahisError as exc:
             from ..lm_eval.models import _under_lm_eval_cli
 
-            if _under_lm_eval_cli():  # one line instead of lm_eval's traceback
-                raise SystemExit(f"lahis_vllm: error: {' '.join(str(exc).split())}") from None
+            if _under_lm_eval_cli():  # one line and exit status 2, as lahis_hf and `lahis` end a refused run
+                import sys
+
+                from ...core.errors import error_line
+
+                print(f"lahis_vllm: error: {error_line(exc)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             raise
 
     def _lahis_init(self, pretrained, mask, allow_extreme, allow_refold, kwargs) -> None:

@@ -34,7 +34,7 @@ def _scores_step(run: _Run, s: ScoringSettings, source: str, seed: int) -> dict:
     def compute() -> dict:
         scores = score_languages(run.model, run.tok, s.languages, source=source, n=s.texts, mode=s.mode,
                                  max_length=s.max_length, batch_size=s.batch_size, seed=seed,
-                                 out_dir=run.work / "scores", progress=True)
+                                 out_dir=run.work / "scores", progress=True, overwrite=run.force)
         c = classify_heads(scores, q=s.q, min_rep=s.min_rep)
         return {"files": {lang: str(run.work / "scores" / f"{lang}.safetensors") for lang in scores},
                 "texts": {lang: sc.num_texts for lang, sc in scores.items()},
@@ -257,16 +257,23 @@ def proxy_documents(task_manager, task: str, limit: Optional[int]) -> tuple[list
     raise LahisError(f"no off-target proxy for task '{task}'")
 
 
-def language_preference(model, tok, docs: tuple, mask, batch_size: int) -> list[float]:
-    """PROXY_MEASURE for each document under `mask` (None = the original model)."""
-    from ...core.control import apply_head_mask
+def language_preference(model, tok, docs: tuple, masks: Sequence, batch_size: int) -> list[list[float]]:
+    """PROXY_MEASURE for each document under each mask (None = the original model): [masks][documents]. All masks'
+    pairs go through one batched pass, each row under its own mask (exactly what the mask alone computes)."""
+    import torch
+
+    from ...core.architecture import describe
     from ...core.lm import continuation_logprobs
 
     prompts, target, source = docs
-    with apply_head_mask(model, mask) if mask is not None else contextlib.nullcontext():
-        lp = continuation_logprobs(model, tok, list(prompts) * 2, list(target) + list(source), batch_size=batch_size,
-                                   max_tokens=PROXY_TOKENS, per_token=True)
-    return [a - b for a, b in zip(lp[:len(prompts)], lp[len(prompts):])]
+    n = len(prompts)
+    shape = describe(model).shape
+    scales = torch.stack([torch.ones(shape) if m is None else m.values.float() for m in masks])  # [masks, L, H]
+    pairs_prompts = list(prompts) * 2 * len(masks)
+    pairs_conts = (list(target) + list(source)) * len(masks)
+    lp = continuation_logprobs(model, tok, pairs_prompts, pairs_conts, batch_size=batch_size, max_tokens=PROXY_TOKENS,
+                               per_token=True, head_scales=scales.repeat_interleave(2 * n, dim=0))
+    return [[lp[k * 2 * n + i] - lp[k * 2 * n + n + i] for i in range(n)] for k in range(len(masks))]
 
 
 def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores: dict, scores_fp: str,
@@ -348,13 +355,14 @@ def _proxy_steps(run: _Run, o: OffTargetSettings, scores_fp: str, seed: int, dat
 
         def docs() -> tuple:
             if "docs" not in docs_state:
-                docs_state["docs"] = proxy_documents(manager(), task, o.limit)
+                docs_state["docs"] = proxy_documents(manager(), task, min(x for x in (o.limit, o.proxy_limit) if x)
+                                                     if (o.limit or o.proxy_limit) else None)
             return docs_state["docs"]
 
         def measure(names: Sequence[str]) -> dict:
             masks = _masks_of(run.spec, sets(), target, o.scale_up, names)
-            return {name: language_preference(run.model, run.tok, docs(), masks[name][1], o.batch_size)
-                    for name in names}
+            values = language_preference(run.model, run.tok, docs(), [masks[name][1] for name in names], o.batch_size)
+            return dict(zip(names, values))
 
         base = {"scores": scores_fp, "settings": _without(o, "random_draws", "generate_draws"), "target": target,
                 "task": family, "seed": seed, "data": data, "proxy": PROXY_MEASURE}
@@ -401,7 +409,7 @@ def transfer_interventions(spec, scores: dict, l1: str, l2: str, k: int, scale_u
 
 def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: dict, scores_fp: str,
                    seed: int, draws: int) -> dict:
-    from ...eval.transfer import alice_probe
+    from ...eval.transfer import alice_probe, probe_log_odds
 
     results = {}
     for l1, l2 in tr.pairs:  # checked by _check_languages
@@ -416,8 +424,12 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: 
 
         def probe(names: Sequence[str], generate: bool, l1=l1, l2=l2) -> dict:
             chosen = {name: interventions()[name] for name in names}
-            return alice_probe(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
-                               progress=True, generate=None if generate else [])
+            if generate:
+                return alice_probe(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
+                                   progress=True)
+            # random and placebo sets: teacher-forced only, many sets per batched pass
+            return probe_log_odds(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
+                                  progress=True)
 
         key = {"scores": scores_fp, "settings": _without(tr, "random_draws"), "pair": [l1, l2], "seed": seed,
                "design": "strict-heads/placebo"}

@@ -252,3 +252,21 @@ def test_safetensors_full_disk_is_one_line():
 
     assert is_user_error(exc)
     assert error_line(exc).startswith("no space left on the device while writing a safetensors file")
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("missing", "XQuAD data directory not found: "),
+    ("file", "is a file, not a folder"),
+    ("named pipe", "is a named pipe (FIFO), not a folder"),
+])
+def test_a_data_folder_that_is_not_a_folder_is_named_for_what_it_is(tmp_path, capsys, kind, phrase):
+    from lahis_ctrl.cli import main
+
+    data = tmp_path / "data"
+    if kind == "file":
+        data.write_text("not a folder\n")
+    elif kind == "named pipe":
+        os.mkfifo(data)
+    rc = main(["train-mask", "--lang", "de", "--pick", "random", "--data", str(data), "--out", str(tmp_path / "m.json")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+    assert rc == 2 and len(err) == 1 and phrase in err[0], err

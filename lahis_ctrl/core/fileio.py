@@ -152,6 +152,25 @@ def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
     raise LahisError(f"{what} {path} is {kind}, not a file")
 
 
+def check_input_dir(path: str | os.PathLike, what: str = "folder", hint: str = "") -> Path:
+    """`path` as a Path when it is a folder (or a link to one); otherwise one error saying what is there instead:
+    nothing ("not found"), or a file, a pipe... ("is a file, not a folder"). `hint` is added to the line."""
+    from .errors import LahisError
+
+    path = Path(path)
+    if path.is_dir():
+        return path
+    hint = f" ({hint})" if hint else ""
+    if not os.path.lexists(path):
+        raise LahisError(f"{what} not found: {path}{hint}")
+    try:
+        check_input_file(path, what)
+    except LahisError as exc:  # a pipe, a broken link...: say so
+        raise LahisError(f"{exc}, not a folder{hint}".replace(", not a file, not a folder", ", not a folder")) \
+            from None
+    raise LahisError(f"{what} {path} is a file, not a folder{hint}")
+
+
 # ---------------------------------------------------------------------------------------------- outputs vs inputs
 def _real(path: str | os.PathLike) -> str:
     return os.path.realpath(os.path.expanduser(str(path)))

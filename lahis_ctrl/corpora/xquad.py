@@ -88,7 +88,9 @@ def load_xquad(lang: str, data_dir: str | os.PathLike | None = None) -> list[dic
     if data_dir is not None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise LahisError(f"XQuAD data directory not found: {data_dir}")
+            from ..core.fileio import check_input_dir
+
+            check_input_dir(data_dir, "XQuAD data directory")
         return load_squad_file(_local_file(lang, data_dir))
     try:
         from datasets import load_dataset

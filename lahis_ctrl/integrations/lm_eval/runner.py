@@ -58,7 +58,9 @@ def lm_eval_argv(tasks: str, model: str = "lahis_hf", model_args: Optional[str] 
             raise LahisError("--metadata must be a JSON object")
     if data_dir is not None:
         if not Path(data_dir).is_dir():
-            raise LahisError(f"data directory not found: {data_dir}")
+            from ...core.fileio import check_input_dir
+
+            check_input_dir(data_dir, "data directory")
         meta["data_dir"] = str(Path(data_dir).resolve())
     if meta:
         argv += ["--metadata", json.dumps(meta)]

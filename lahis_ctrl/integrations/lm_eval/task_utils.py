@@ -64,7 +64,9 @@ def _dataset_dict(split: str, rows: list[dict]):
 def _data_dir(metadata: dict) -> str | None:
     d = metadata.get("data_dir") or os.environ.get("LAHIS_DATA_DIR") or None
     if d is not None and not Path(d).is_dir():
-        raise LahisError(f"data directory not found: {d} (from data_dir / LAHIS_DATA_DIR)")
+        from ...core.fileio import check_input_dir
+
+        check_input_dir(d, "data directory", "from data_dir / LAHIS_DATA_DIR")
     return d
 
 

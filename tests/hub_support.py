@@ -14,7 +14,6 @@ intercepted where they would leave the machine.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 
@@ -107,7 +106,3 @@ class Intercepted:
         """Put the last commit's files into the cache as huggingface_hub would after downloading them."""
         last = self.commits[-1]
         return cache_repo(hf_home, last["repo_id"], last["files"], revision)
-
-
-def env_without_hub_token() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}

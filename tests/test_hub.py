@@ -241,3 +241,13 @@ def test_cli_push_and_export_by_repo_id(hub, tmp_path, monkeypatch, capsys):
     assert len(err) == 3 and all(line.startswith("lahis: error:") for line in err)
     assert "not in the local Hugging Face cache" in err[2]
     assert len(recorder.calls) == n and not (tmp_path / "x").exists()
+
+
+def test_lahis_evaluate_takes_hub_references(tmp_path):
+    from lahis_ctrl.eval.evaluate import parse_mask_args
+
+    local = _mask(tiny_model("llama")).save(tmp_path / "de.safetensors")
+    assert parse_mask_args(["none", f"hub={REPO}@v1", str(local), str(tmp_path)]) == {
+        "original": None, "hub": f"{REPO}@v1", "de": str(local), tmp_path.name: str(tmp_path)}
+    with pytest.raises(LahisError, match="mask file not found"):
+        parse_mask_args([str(tmp_path / "missing.safetensors")])

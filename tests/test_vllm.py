@@ -22,10 +22,21 @@ from vllm_support import (ENGINE_ARGS, RESULTS, assert_close_results, make_mask,
 
 @pytest.fixture(scope="module")
 def engine():
+    """lahis_vllm with the mask given by Hub repo id, read from an offline huggingface_hub cache that holds the
+    bytes of the local mask file: live == load-time below then also says repo id == local file, bit for bit."""
+    import os
+
+    from hub_support import cache_repo, offline_hub
     from lahis_ctrl.integrations.vllm.lm_eval_model import LahisVLLM
 
     ids, mask_path, masked, unmasked = references()
-    lm = LahisVLLM(pretrained=model_dir(), mask=mask_path, enforce_eager=True, batch_size=4, **ENGINE_ARGS)
+    home = os.path.join(workdir(), "hf-lm-eval")
+    with open(mask_path, "rb") as f:
+        cache_repo(home, "lahis-test/tiny-mask", {"lahis_mask.safetensors": f.read()})
+    with pytest.MonkeyPatch.context() as mp:
+        offline_hub(mp, home)
+        lm = LahisVLLM(pretrained=model_dir(), mask="lahis-test/tiny-mask", enforce_eager=True, batch_size=4,
+                       **ENGINE_ARGS)
     first = vllm_greedy(lm.model, ids)  # before any live change: the load-time fold
     RESULTS["tp1_masked"] = first
     yield {"lm": lm, "llm": lm.model, "ids": ids, "mask_path": mask_path, "masked": masked, "unmasked": unmasked,

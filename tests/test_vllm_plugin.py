@@ -245,6 +245,8 @@ def test_front_end_resolves_and_checks_every_registered_mask(tmp_path, monkeypat
         check_registry({"lahis_masks": {"x": str(tmp_path / "nope.safetensors")}}, model.config, "tiny")
     with pytest.raises(LahisError, match="both configured"):
         check_registry({"lahis_masks": {"a": paths["a"]}, CONFIG_KEY: paths["b"]}, model.config, "tiny")
+    with pytest.raises(LahisError, match="cannot be served with LoRA enabled"):
+        check_registry({"lahis_masks": {"a": paths["a"]}}, model.config, "tiny", lora_config=object())
 
 
 class _Projection(torch.nn.Linear):
@@ -337,3 +339,30 @@ def test_model_runner_wrappers_fill_rows_in_token_order(tmp_path, monkeypatch):
     batch = SimpleNamespace(num_reqs=3, idx_mapping_np=np.array([2, 5, 0]), query_start_loc_np=np.array([0, 1, 4, 6, 6]))
     assert requests._wrap_v2_prepare_inputs(lambda self: batch)(v2) is batch
     assert requests._GAINS.rows[:6].tolist() == [1, 2, 2, 2, 0, 0]
+
+
+def test_load_time_mask_by_hub_reference(tmp_path, monkeypatch):
+    """`lahis_mask` / $LAHIS_MASK take any mask reference; the two sources must resolve to the same file."""
+    from hub_support import cache_repo, offline_hub
+
+    model = tiny_model("llama")
+    mask = _mask(model)
+    local = mask.save(tmp_path / "m.safetensors")
+    offline_hub(monkeypatch, tmp_path / "hf")
+    cache_repo(tmp_path / "hf", "lahis-test/m", {"lahis_mask.safetensors": local.read_bytes()})
+    loaded = plugin.load_checked_mask("lahis-test/m", "$LAHIS_MASK", model.config, "tiny")
+    assert torch.equal(loaded.values, mask.values)
+    from lahis_ctrl.core.hub import resolve_mask_file
+
+    resolved = str(resolve_mask_file("lahis-test/m"))
+    monkeypatch.setenv(MASK_ENV, resolved)
+    assert plugin.configured_mask_path({CONFIG_KEY: "lahis-test/m"})[0] == "lahis-test/m"  # the same file: fine
+    monkeypatch.setenv(MASK_ENV, str(local))  # same bytes, another file: two masks configured
+    with pytest.raises(LahisError, match="two different head masks"):
+        plugin.configured_mask_path({CONFIG_KEY: "lahis-test/m"})
+    # the front end hands the workers the file it resolved (no worker fetches anything)
+    monkeypatch.delenv(MASK_ENV)
+    config = SimpleNamespace(additional_config={CONFIG_KEY: "lahis-test/m"},
+                             model_config=SimpleNamespace(hf_config=model.config, model="tiny"))
+    plugin._wrap_create_engine_config(lambda self, *a, **k: config)(None)
+    assert config.additional_config[CONFIG_KEY] == str(resolve_mask_file("lahis-test/m").resolve())

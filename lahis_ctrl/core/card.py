@@ -198,8 +198,9 @@ def mask_card(mask, kind: str = "hub", *, repo_id: Optional[str] = None, base_mo
         out.append(f"| weights | {ident['source']} |")
     out += [f"| lahis-ctrl | {mask.extra.get('lahis_ctrl_version') or __version__} |", "",
             "The weights fingerprint is `lahis_ctrl.core.identity.weights_fingerprint(model)` (a sha256 over every "
-            "parameter's name, shape, dtype and a fixed sample of its values): lahis-ctrl compares it before applying "
-            "the mask, so a mask is never used on other weights by mistake.", ""]
+            "parameter's name, shape, dtype and a fixed sample of its values) of the weights the mask was made on. "
+            "The mask applies to any model of the same shape, but its effect was measured on those weights: compare "
+            "the fingerprint of yours to be sure you have them.", ""]
     out += ["## What it changes", "", f"Language: {mask.language or 'not recorded'}. "
             f"{len(changed)} heads changed:", "", "| layer | head | scale |", "|---:|---:|---:|"]
     out += [f"| {layer} | {head} | {float(mask.values[layer, head]):.6g} |" for layer, head in changed]

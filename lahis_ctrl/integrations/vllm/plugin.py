@@ -331,7 +331,8 @@ def _wrap_create_engine_config(original):
                     os.environ[MASK_ENV] = resolved  # inherited by the engine and worker processes started next
             from .requests import check_registry
 
-            check_registry(additional, mc.hf_config, str(mc.model))  # per-request masks: resolved and checked
+            check_registry(additional, mc.hf_config, str(mc.model),  # per-request masks: resolved and checked
+                           getattr(config, "lora_config", None))
         except LahisError as exc:
             if _under_vllm_cli():  # one line, before any engine process starts, instead of a traceback
                 print(f"lahis_ctrl: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -86,9 +86,11 @@ def mask_digest(mask) -> str:
     return h.hexdigest()[:16]
 
 
-def check_registry(additional_config, hf_config, model_name: str) -> None:
+def check_registry(additional_config, hf_config, model_name: str, lora_config=None) -> None:
     """Front end, before any engine process starts: resolve, load and check every registered mask; replace each
-    reference in additional_config by the local file it resolved to. Raises LahisError naming the mask."""
+    reference in additional_config by the local file it resolved to. Raises LahisError naming the mask.
+    LoRA serving is refused alongside: vLLM's LoRA layers call the wrapped projection's kernel directly, past the
+    hook that applies the gains, so masks would silently not apply."""
     from ...core.errors import LahisError
     from ...core.hub import resolve_mask_file
     from . import CONFIG_KEY, MASK_ENV
@@ -97,6 +99,10 @@ def check_registry(additional_config, hf_config, model_name: str) -> None:
     masks, _ = registry_config(additional_config)
     if not masks:
         return
+    if lora_config is not None:
+        raise LahisError(f"per-request masks (additional_config['{MASKS_KEY}']) cannot be served with LoRA enabled: "
+                         "vLLM's LoRA layers bypass the output projections' gains. Drop --enable-lora, or serve the "
+                         "masks as LoRA adapters (lahis export --format lora)")
     folded, source = configured_mask_path(additional_config)
     if folded:
         raise LahisError(f"a load-time mask ({source}) and per-request masks (additional_config['{MASKS_KEY}']) are "
@@ -243,6 +249,9 @@ def install_gains(model, vllm_config) -> None:
                 raise LahisError(f"two modules look like layer {m.group(1)}'s output projection; set LAHIS_ARCH")
             found[int(m.group(1))] = module
     missing = sorted(set(range(spec.num_layers)) - set(found))
+    pipeline = int(getattr(getattr(vllm_config, "parallel_config", None), "pipeline_parallel_size", 1) or 1)
+    if pipeline > 1 and found:
+        missing = []  # each pipeline stage holds some layers only: it gains those it holds
     if missing:
         raise LahisError(f"per-request head masks: no output projection '<layer>.{suffix}' in vLLM's model for layers "
                          f"{missing}; this architecture cannot take per-request masks (serve folded masks instead)")

@@ -1,6 +1,7 @@
 """Model identity: the fingerprint tells weights apart (and only weights), the identity names where a model came
 from, and check_same_model refuses another model's results while reading files of earlier versions."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -350,3 +351,24 @@ def test_soft_mask_checkpoints_of_other_weights_are_refused_or_replaced_when_ask
     replaced = train_mask(b, tok, "de", epochs=2, replace_checkpoints=True, **kw)
     fresh = train_mask(b, tok, "de", epochs=2, n=1, heads="random", rows=rows)
     assert torch.equal(replaced.values, fresh.values)  # B trained from its own start, not from A's epoch 1
+
+
+def test_an_evaluation_of_other_weights_is_not_replaced_even_without_its_generations(two_models, tmp_path):
+    """Its generations (the checkpoints) gone, a finished report still says whose it is: another model's run into the
+    folder is refused unless asked to overwrite."""
+    import shutil
+
+    from lahis_ctrl.eval.evaluate import evaluate_masks
+
+    a, b, tok = two_models
+    rows = [{"id": "1", "context": "Berlin ist die Hauptstadt.", "question": "Was?", "answers": {"text": ["Berlin"]}}]
+    kw = dict(masks={"original": None}, rows=rows, max_new_tokens=2, out_dir=tmp_path)
+    evaluate_masks(a, tok, "de", **kw)
+    shutil.rmtree(tmp_path / "generations")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ModelMismatchError, match="the evaluation in .*: made from another model"):
+        evaluate_masks(b, tok, "de", **kw)
+    assert _snapshot(tmp_path) == before
+    evaluate_masks(a, tok, "de", **kw)  # the same model: redone in place
+    evaluate_masks(b, tok, "de", overwrite=True, **kw)
+    assert json.loads((tmp_path / "results.json").read_text())["model_identity"] == model_identity(b)

@@ -46,13 +46,15 @@ class EvalReport:
     settings: dict[str, Any] = field(default_factory=dict)
     out_dir: Optional[Path] = None
     comparisons: dict[str, dict[str, dict]] = field(default_factory=dict)
+    model_identity: Optional[dict[str, Any]] = None  # the weights evaluated (core.identity)
 
     def table(self) -> str:
         return format_table(self.summary, title=f"XQuAD-style QA, {self.lang}", comparisons=self.comparisons)
 
     def to_json(self) -> dict[str, Any]:
         return {"lang": self.lang, "settings": self.settings, "summary": self.summary,
-                "comparisons": self.comparisons}
+                "comparisons": self.comparisons,
+                **({"model_identity": self.model_identity} if self.model_identity else {})}
 
 
 def outcomes(records: Sequence[Mapping], mask: str) -> dict[str, list[float]]:
@@ -157,6 +159,14 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
     from ..core.identity import model_identity
 
     identity = model_identity(model) if out_dir is not None else None
+    if out is not None and not overwrite and (out / "results.json").is_file():
+        # a finished report of another model is not replaced by accident (its generations may be gone)
+        from ..core.fileio import read_json
+        from ..core.identity import check_same_model
+
+        earlier = read_json(out / "results.json", "evaluation report")
+        check_same_model(earlier.get("model_identity") if isinstance(earlier, dict) else None, identity,
+                         f"the evaluation in {out}", fix="choose another --out, or pass --overwrite to replace it")
 
     records: list[dict] = []
     summary: dict[str, dict[str, float]] = {}
@@ -200,7 +210,7 @@ def evaluate_masks(model, tokenizer, lang: str, masks: Mapping[str, Any], rows: 
 
     comparisons = compare_masks(records, next(iter(resolved))) if len(resolved) > 1 else {}
     report = EvalReport(lang=lang, summary=summary, records=records, settings=settings, out_dir=out,
-                        comparisons=comparisons)
+                        comparisons=comparisons, model_identity=identity)
     if out is not None:  # the three files of one report replace the previous report's together, or not at all
         from ..core.fileio import replace_together
 

@@ -26,7 +26,9 @@ How it runs (the design keeps torch.compile and CUDA graphs):
     scheduled tokens, in the runner's own token order) are written INTO `lahis_rows` in place (a pinned host copy,
     non-blocking). The buffer's address never changes, so a CUDA graph captured once reads each step's rows when it
     replays, and torch.compile sees module buffers (graph inputs), not Python values it would specialise on.
-    The V1 runner (CPU and older GPU setups) and the V2 runner (the GPU default in vLLM 0.32) are both wrapped.
+    The V1 runner (CPU and older GPU setups) and the V2 runner (the GPU default in vLLM 0.32) are both wrapped. The
+    host side costs V1 one cached attribute read per scheduled request per step (the row is looked up once per
+    request and kept on its CachedRequestState), V2 one vectorised gather from a per-slot array.
 
 What a GPU run must check (bench_vllm.py --per-request does): greedy tokens of a mixed batch equal each request
 served alone with its mask folded at load, with CUDA graphs on (piecewise and full) and with both model runners;

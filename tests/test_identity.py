@@ -372,3 +372,23 @@ def test_an_evaluation_of_other_weights_is_not_replaced_even_without_its_generat
     evaluate_masks(a, tok, "de", **kw)  # the same model: redone in place
     evaluate_masks(b, tok, "de", overwrite=True, **kw)
     assert json.loads((tmp_path / "results.json").read_text())["model_identity"] == model_identity(b)
+
+
+def test_a_ppl_result_of_other_settings_or_weights_is_refused_not_replaced(model_dirs, tmp_path, capsys):
+    from lahis_ctrl.cli import main
+
+    a, b = model_dirs
+    for d, name in ((a, "sa"), (b, "sb")):
+        assert main(["score", "--model", str(d), "--languages", "en,de", "--texts", "2", "--max_length", "16",
+                     "--out", str(tmp_path / name)]) == 0
+    common = ["--max_length", "16", "--texts", "2", "--random_trials", "2", "--out", str(tmp_path / "ppl")]
+    assert main(["ppl", str(tmp_path / "sa"), "--model", str(a), *common]) == 0
+    before = _snapshot(tmp_path / "ppl")
+    capsys.readouterr()
+    for argv, phrase in ((["ppl", str(tmp_path / "sa"), "--model", str(a), *common, "--k", "2"], "k 3 (now 2)"),
+                         (["ppl", str(tmp_path / "sb"), "--model", str(b), *common], "made from another model")):
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+        assert len(err) == 1 and phrase in err[0] and "--overwrite" in err[0], err
+        assert _snapshot(tmp_path / "ppl") == before
+    assert main(["ppl", str(tmp_path / "sb"), "--model", str(b), *common, "--overwrite"]) == 0

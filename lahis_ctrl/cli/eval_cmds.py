@@ -72,7 +72,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded", data
         languages: Optional[list[str]] = None, texts: Optional[PositiveInt] = None, k: PositiveInt = 3,
         random_trials: PositiveInt = 20, max_length: MaxLength = 512, batch_size: PositiveInt = 4, dtype: Dtype = "auto",
         device: Device = "auto", device_map: Optional[str] = None, seed: NonNegativeInt = 0, q: Quantile = 0.96,
-        min_rep: Optional[PositiveInt] = None, out: Path = Path("runs/ppl")) -> None:
+        min_rep: Optional[PositiveInt] = None, out: Path = Path("runs/ppl"), overwrite: bool = False) -> None:
     """Perplexity of each language with each language's top-k specific heads zeroed, vs k random heads.
 
     Writes <out>/ppl_cross.json, ppl_cross.md (corpus and mean per-text perplexity tables) and
@@ -97,6 +97,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded", data
         q: quantile of the general/specific rule.
         min_rep: languages a head must be kept by to be general (default ceil(0.8 x languages)).
         out: output folder.
+        overwrite: replace a ppl_cross.json made in --out with another model or other settings.
     """
     from ..corpora.texts import check_source, load_texts
     from ..core.fileio import write_json, write_text
@@ -123,10 +124,24 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded", data
     for lang in languages:
         check_source(source, lang)
     out = Path(out)
+    # what the files depend on: a finished run of other settings or another model is refused, not replaced
+    from ..core.fileio import read_json
+    from ..core.identity import check_recorded_run, model_identity
+
+    settings = {"scores": {lang: s.extra.get("texts_digest") or s.num_tokens for lang, s in sorted(scored.items())},
+                "source": source, "languages": languages, "texts": texts, "k": k, "random_trials": random_trials,
+                "max_length": max_length, "dtype": dtype, "seed": seed, "q": q, "min_rep": min_rep}
+    earlier = out / "ppl_cross.json"
+    stored = read_json(earlier, "ppl result") if earlier.is_file() and not overwrite else None
+    record = stored.get("run") if isinstance(stored, dict) else None
+    fix = "choose another --out, or pass --overwrite to replace it"
+    check_recorded_run(record, settings, None, f"{earlier}", fix)
     with run_lock(out, f"lahis ppl --out {out}"):
         m = load_model_on(model, dtype, device, device_map)
         for s in scored.values():
             s.validate(m)  # the weights too: scores of another model of this shape rank other heads
+        identity = model_identity(m)
+        check_recorded_run(record, settings, identity, f"{earlier}", fix)
         tok = load_tokenizer(model)
         by_lang = {x: load_texts(source, x, n=texts, seed=seed, tokenizer=tok) for x in languages}
         result = ppl_cross(m, tok, by_lang, scored, k=k, random_trials=random_trials, seed=seed, q=q, min_rep=min_rep,
@@ -138,7 +153,7 @@ def ppl(scores: str, model: str = "gemma-3-270m", source: str = "embedded", data
         from ..core.fileio import replace_together
 
         with replace_together(out) as staged:  # the three files of one run, or the previous run's
-            write_json(staged / "ppl_cross.json", result)
+            write_json(staged / "ppl_cross.json", {**result, "run": {"settings": settings, "model_identity": identity}})
             write_text(staged / "ppl_cross.md", md)
             plot_ppl_cross(result, staged / "ppl_cross.png")
     print(md)

@@ -260,3 +260,18 @@ def known_identity(name_or_path: str, variant: str, load) -> dict[str, Any]:
     except OSError:  # a read-only cache: the identity is still right, only not remembered
         pass
     return identity
+
+
+def check_recorded_run(recorded: Optional[Mapping[str, Any]], settings: Mapping[str, Any],
+                       identity: Optional[Mapping[str, Any]], what: str, fix: str) -> None:
+    """Refuse to replace a finished output whose record ({"settings": ..., "model_identity": ...}, as this package's
+    reports store it) was made with other settings or another model, naming each difference. A setting or an
+    identity the record lacks (outputs of earlier versions) is not compared; pass identity=None to compare the
+    settings alone (before the model loads)."""
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    before = recorded.get("settings") if isinstance(recorded.get("settings"), Mapping) else {}
+    differ = [f"{k} {before[k]!r} (now {v!r})" for k, v in settings.items() if k in before and before[k] != v]
+    if differ:
+        raise LahisError(f"{what} was made with other settings: {', '.join(differ)}; {fix}")
+    if identity is not None:
+        check_same_model(recorded.get("model_identity"), identity, what, fix)

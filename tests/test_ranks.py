@@ -196,3 +196,31 @@ def test_resuming_with_the_same_number_of_ranks_warns_of_nothing(tmp_path):
     assert [p.name for p in dist.rank_checkpoints(base, other_than=2)][0] == "en.ckpt.safetensors"
     assert [p.name for p in dist.rank_checkpoints(base, other_than=1)] == [
         "en.ckpt.rank0-of-2.safetensors", "en.ckpt.rank1-of-2.safetensors", "en.ckpt.rank2-of-4.safetensors"]
+
+
+KILLED_PEER = """
+import os, sys, time
+from lahis_ctrl.lahis import distributed as dist
+ctx = dist.setup(peer_timeout_s=60)
+if ctx.rank == 1:
+    os._exit(9)  # killed mid-job
+time.sleep(1)
+try:
+    ctx.barrier()
+    print("no error")
+except Exception as exc:
+    print(type(exc).__name__ + ": " + str(exc))
+"""
+
+
+def test_a_peer_killed_mid_job_is_one_line_on_the_survivor():
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", KILLED_PEER], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env={**os.environ, "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "CUDA_VISIBLE_DEVICES": "",
+                                   "TORCH_CPP_LOG_LEVEL": "FATAL"}) for r in range(2)]
+    out = [p.communicate(timeout=180)[0].strip() for p in procs]
+    assert procs[1].returncode == 9
+    assert out[0].startswith("LahisError: rank 0: a collective with the other ranks failed"), out[0]
+    assert "a peer rank stopped, was killed or cannot be reached" in out[0] and "\n" not in out[0]

@@ -114,7 +114,7 @@ class DistContext:
             return [0] if failed else []
         flags = torch.zeros(self.world_size, dtype=torch.int64, device=self.comm_device())
         flags[self.rank] = int(failed)
-        torch.distributed.all_reduce(flags)
+        _collective(torch.distributed.all_reduce, flags)
         return [r for r, f in enumerate(flags.tolist()) if f]
 
     def agree(self, fn: Callable[[], T], what: str = "a step",
@@ -147,7 +147,7 @@ class DistContext:
         dev = self.comm_device()
         for t in tensors:
             buf = t.to(dev)
-            torch.distributed.all_reduce(buf)
+            _collective(torch.distributed.all_reduce, buf)
             if buf is not t:
                 t.copy_(buf)
 
@@ -156,7 +156,7 @@ class DistContext:
         if not self.active:
             return obj
         box = [obj if self.rank == src else None]
-        torch.distributed.broadcast_object_list(box, src=src, device=self.comm_device())
+        _collective(torch.distributed.broadcast_object_list, box, src=src, device=self.comm_device())
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list:
@@ -164,7 +164,7 @@ class DistContext:
         if not self.active:
             return [obj]
         out: list = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        _collective(torch.distributed.all_gather_object, out, obj)
         return out
 
     def barrier(self) -> None:
@@ -194,6 +194,18 @@ class DistContext:
 
 
 LOCAL = DistContext()
+
+
+def _collective(fn, *args, **kwargs):
+    """A torch.distributed collective whose failure (a peer rank that died or cannot be reached: gloo and NCCL raise
+    a bare RuntimeError or a DistError with a C++ trace) is one LahisError line."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise LahisError(f"rank {os.environ.get('RANK', '?')}: a collective with the other ranks failed "
+                         f"({_short(first, 160)}): a peer rank stopped, was killed or cannot be reached; checkpoints "
+                         "written so far are kept, rerun the job to resume") from None
 
 
 def _short(text: str, limit: int = 80) -> str:

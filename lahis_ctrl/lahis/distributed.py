@@ -202,6 +202,8 @@ def _collective(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except RuntimeError as exc:
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):  # this rank's own problem: said as it is
+            raise
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise LahisError(f"rank {os.environ.get('RANK', '?')}: a collective with the other ranks failed "
                          f"({_short(first, 160)}): a peer rank stopped, was killed or cannot be reached; checkpoints "

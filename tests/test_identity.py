@@ -392,3 +392,22 @@ def test_a_ppl_result_of_other_settings_or_weights_is_refused_not_replaced(model
         assert len(err) == 1 and phrase in err[0] and "--overwrite" in err[0], err
         assert _snapshot(tmp_path / "ppl") == before
     assert main(["ppl", str(tmp_path / "sb"), "--model", str(b), *common, "--overwrite"]) == 0
+
+
+def test_train_mask_refuses_to_replace_another_models_mask(model_dirs, tmp_path, capsys):
+    """The checkpoint folder is gone once a mask is written: the mask itself says whose it is."""
+    from lahis_ctrl.cli import main
+
+    a, b = model_dirs
+    out = tmp_path / "de-random.safetensors"
+    args = ["train-mask", "--lang", "de", "--pick", "random", "--data", "embedded", "--train_size", "1", "--epochs",
+            "1", "--out", str(out)]
+    assert main([*args, "--model", str(a)]) == 0
+    assert not (tmp_path / "de-random.safetensors.ckpt").exists()
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--model", str(b)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+    assert len(err) == 1 and "made from another model" in err[0] and "--overwrite" in err[0], err
+    assert out.read_bytes() == before
+    assert main([*args, "--model", str(b), "--overwrite"]) == 0 and out.read_bytes() != before

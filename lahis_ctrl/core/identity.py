@@ -18,6 +18,11 @@ file made from other weights, naming both sides.
 * `check_same_model(recorded, current, what)`: a field missing on either side is not a mismatch (files of
   earlier versions still load); the weights fingerprint decides when both sides have one (a moved folder is
   the same model; the same path with new weights is not).
+* `known_identity(name_or_path, variant, load)`: the identity without loading the weights when the model's files
+  are unchanged since it was last computed (a stamp of names, sizes, inodes and times; cached under
+  $LAHIS_CACHE): a rerun whose results are all stored never loads the model.
+* `check_recorded_run(record, settings, identity, what, fix)`: a finished output's record of its settings and
+  model, compared before it is replaced.
 """
 
 from __future__ import annotations

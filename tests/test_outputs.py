@@ -189,6 +189,23 @@ def test_writing_to_a_symlink_replaces_its_target_and_keeps_the_link_and_the_mod
     assert (tmp_path / "m.safetensors").is_symlink() and (tmp_path / "docs" / "m.safetensors").is_file()
 
 
+@pytest.mark.parametrize("out, phrase", [
+    ("a_file/heads.json", "a_file: a file is in the way where a folder is expected"),
+    ("a_file/sub/heads.json", "a_file: a file is in the way where a folder is expected"),
+    ("a_folder.json", "a_folder.json is a folder where a file is expected"),
+])
+def test_an_output_path_blocked_by_a_file_or_a_folder_says_so(world, tmp_path, capsys, monkeypatch, out, phrase):
+    from lahis_ctrl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("mine\n")
+    (tmp_path / "a_folder.json").mkdir()
+    assert main(["heads", str(world / "sc"), "--out", out]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
+    assert len(err) == 1 and err[0] == f"lahis: error: {phrase}", err
+    assert (tmp_path / "a_file").read_text() == "mine\n" and not any((tmp_path / "a_folder.json").iterdir())
+
+
 def test_os_errors_name_the_users_path_never_a_temporary_one(tmp_path):
     for raised in (OSError(errno.ENOSPC, "No space left on device"),  # write(): the OS names no file
                    PermissionError(errno.EACCES, "Permission denied")):

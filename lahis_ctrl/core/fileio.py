@@ -49,6 +49,11 @@ def _cannot_create(exc: OSError, user: Path) -> OSError:
     (ENOENT from a folder that takes no files, such as /proc) becomes a plain "cannot create"."""
     import errno
 
+    for ancestor in user.parents:  # a file where a folder of the path should be (out=a_file/x.json)
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                return NotADirectoryError(errno.ENOTDIR, "Not a directory", str(ancestor))
+            break
     if isinstance(exc, FileNotFoundError) and user.parent.is_dir():
         return PermissionError(errno.EACCES, f"cannot create a file in {user.parent}", str(user))
     return type(exc)(exc.errno, exc.strerror or str(exc), str(user)) if exc.errno is not None else \

@@ -301,3 +301,25 @@ def test_audit_compare_refuses_to_pair_by_line_order_when_only_one_side_has_ids(
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lahis: error:")]
     assert len(err) == 1 and "cannot be matched item by item" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stored_nan_score_file_is_not_reused(tmp_path):
+    """A score file of an earlier version that holds NaN is refused, not handed back as this run's scores."""
+    from safetensors.torch import load_file, save_file
+
+    from lahis_ctrl.lahis.scoring import score_languages
+
+    m, tok = tiny_model("llama"), tiny_tokenizer()
+    kw = dict(n=2, max_length=16, progress=False, out_dir=tmp_path)
+    score_languages(m, tok, ["en"], **kw)
+    path = tmp_path / "en.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["scores"][0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)  # what a diverged run of an earlier version left
+    with pytest.raises(LahisError, match=r"hold NaN or inf .*; pass overwrite \(--overwrite\) to rescore it"):
+        score_languages(m, tok, ["en"], **kw)
+    assert torch.isfinite(score_languages(m, tok, ["en"], overwrite=True, **kw)["en"].scores).all()

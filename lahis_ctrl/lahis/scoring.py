@@ -492,6 +492,10 @@ def _score_languages_in_turn(ctx, model, tokenizer, languages, source, n, mode, 
             check_same_model(done.model_identity, identity, f"{path} (scores of '{lang}')",
                              fix="choose another output folder, or pass overwrite (--overwrite) to rescore it")
             check_reusable(done, path, lang, scoring_settings(model, mode, source, texts, max_length, kwargs))
+            try:  # a NaN file of an earlier version is never handed back as this run's scores
+                done.check_finite(f"{path}")
+            except LahisError as exc:
+                raise LahisError(f"{exc}; pass overwrite (--overwrite) to rescore it") from None
             return texts, done
 
         texts, done = ctx.agree(prepare, f"preparing {lang}")

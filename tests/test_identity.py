@@ -411,3 +411,17 @@ def test_train_mask_refuses_to_replace_another_models_mask(model_dirs, tmp_path,
     assert len(err) == 1 and "made from another model" in err[0] and "--overwrite" in err[0], err
     assert out.read_bytes() == before
     assert main([*args, "--model", str(b), "--overwrite"]) == 0 and out.read_bytes() != before
+
+
+def test_a_stored_soft_mask_of_other_weights_is_trained_anew_not_reused(two_models, tmp_path):
+    from lahis_ctrl.experiments.soft_masks import MaskPlan, train_or_load
+
+    a, b, tok = two_models
+    rows = [{"id": str(i), "context": "Berlin ist die Hauptstadt.", "question": "Was?", "answers": {"text": ["Berlin"]}}
+            for i in range(2)]
+    plan = MaskPlan("random", "random", 0)
+    mask_a, trained = train_or_load(a, tok, "de", None, plan, 1, rows, tmp_path, epochs=1, lr=1e-2, progress=False)
+    assert trained and train_or_load(a, tok, "de", None, plan, 1, rows, tmp_path, epochs=1, lr=1e-2,
+                                     progress=False)[1] is False  # same weights: reused
+    mask_b, trained = train_or_load(b, tok, "de", None, plan, 1, rows, tmp_path, epochs=1, lr=1e-2, progress=False)
+    assert trained and mask_b.model_identity == model_identity(b)  # other weights: never A's mask handed back

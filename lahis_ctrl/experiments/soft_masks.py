@@ -69,13 +69,16 @@ def train_or_load(model, tokenizer, lang: str, scores, plan: MaskPlan, n: int, r
     key = _plan_key(plan, n, rows, epochs, lr)
     path = Path(masks_dir) / f"{lang}-{plan.name}.safetensors"
     if path.is_file():
+        from ..core.identity import identity_of, same_model
+
         mask = HeadMask.load(path).validate(describe(model))
-        if mask.extra.get("plan") in (None, key):  # None: a file of an earlier version, made by the default plan
+        # None: a file of an earlier version, made by the default plan; another model's mask is trained anew
+        if mask.extra.get("plan") in (None, key) and same_model(mask.model_identity, identity_of(model)):
             return mask, False
     mask = train_mask(model, tokenizer, lang, scores if plan.heads == "top" else None, n=n, epochs=epochs, lr=lr,
                       heads=plan.heads if isinstance(plan.heads, str) else [tuple(h) for h in plan.heads],
                       seed=plan.seed, rows=rows, checkpoint_dir=Path(masks_dir) / f"{lang}-{plan.name}.ckpt",
-                      progress=progress)
+                      progress=progress, replace_checkpoints=True)  # the callers' folders decide: resume or redo
     mask.extra.update(extra or {})
     mask.extra.update({"plan": key, "order_seed": plan.order_seed or 0})
     mask.save(path)

@@ -193,7 +193,7 @@ def test_task_without_language():
 def test_evaluate_output_report(tmp_path, capsys):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
     assert main(["audit", str(path), "--details"]) == 0
-    out_dir = tmp_path / "eval.audit"
+    out_dir = tmp_path / "eval.jsonl.audit"
     report = json.loads((out_dir / "audit.json").read_text())
     assert report["format"] == "evaluate" and report["grouped"] and report["n"] == 16
     rows = {(r["group"], r["expected"]): r for r in report["rows"]}
@@ -286,7 +286,7 @@ def test_a_condition_of_one_file(tmp_path):
     report = run_audit(f"{path}:mask=mask_de", plot=False)
     assert [(r["group"], r["expected"], r["off_target"]) for r in report["rows"]] == [
         ("mask_de", "de", 2), ("mask_de", "en", 0), ("mask_de", "es", 0)]
-    assert Path(report["written"]["json"]).parent == tmp_path / "eval.mask-mask_de.audit"
+    assert Path(report["written"]["json"]).parent == tmp_path / "eval.jsonl.mask-mask_de.audit"
     with pytest.raises(LahisError, match=r"no record has mask = 'lahis'"):
         run_audit(f"{path}:mask=lahis", plot=False)
 
@@ -312,7 +312,7 @@ def test_invalid_json_line_names_the_line(tmp_path):
     with pytest.raises(LahisError, match=r"g.jsonl:3: invalid JSON .*--skip_bad"):
         read_records(path)
     assert main(["audit", str(path)]) == 2
-    assert not (tmp_path / "g.audit").exists()  # no partial report
+    assert not (tmp_path / "g.jsonl.audit").exists()  # no partial report
 
 
 def test_missing_field_names_line_and_field(tmp_path):
@@ -352,7 +352,7 @@ def test_skip_bad_counts_lines(tmp_path):
     report = run_audit(path, skip_bad=True, plot=False)
     assert report["n"] == 2 and report["skipped"] == 4
     assert [s["source"] for s in report["skipped_lines"]] == [f"{path}:{i}" for i in (2, 3, 4, 5)]
-    md = (tmp_path / "g.audit" / "audit.md").read_text()
+    md = (tmp_path / "g.jsonl.audit" / "audit.md").read_text()
     assert "skipped bad lines: 4" in md and f"`{path}:2`: invalid JSON" in md
     bad = write_jsonl(tmp_path / "all_bad.jsonl", ["nope", "{"])
     with pytest.raises(LahisError, match="all 2 lines were bad"):
@@ -368,7 +368,7 @@ def test_max_off_target_gate(tmp_path, capsys):
     # mask_de / de: 2 of its 3 decided outputs are off-target: exit status 1
     assert main(["audit", str(path), "--max_off_target", "0.4", "--plot", "false"]) == 1
     assert "off_target_rate (off-target / decided) above 0.4 for mask_de / de 66.7%" in capsys.readouterr().err
-    report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())  # the report is still written
+    report = json.loads((tmp_path / "eval.jsonl.audit" / "audit.json").read_text())  # the report is still written
     assert report["gate"]["passed"] is False and report["gate"]["failed"] == [
         {"run": None, "group": "mask_de", "expected": "de", "rate": pytest.approx(2 / 3)}]
     assert main(["audit", str(path), "--max_off_target", "0.7", "--plot", "false", "--overwrite"]) == 0
@@ -416,14 +416,14 @@ def test_a_second_audit_never_replaces_another_report(tmp_path, capsys):
     assert main(["audit", str(a), "--compare", str(b), "--out", str(out), "--overwrite", "--plot", "false"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["audit.json", "audit.md"]  # the old audit.png went with it
     # each kind of report has its own default folder: the off-target, the LCB and the comparison reports coexist
-    assert main(["audit", str(a), "--compare", str(b)]) == 0 and (tmp_path / "a.audit-compare" / "audit.json").is_file()
+    assert main(["audit", str(a), "--compare", str(b)]) == 0 and (tmp_path / "a.jsonl.audit-compare" / "audit.json").is_file()
 
 
 def test_glotlid_backend_from_the_cli(tmp_path):
     model = Path(__file__).parent / "data" / "tiny_glotlid.ftz"
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
     assert main(["audit", str(path), "--backend", "glotlid", "--lid_model", str(model), "--plot", "false"]) == 0
-    report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "eval.jsonl.audit" / "audit.json").read_text())
     assert report["backend"] == "glotlid:tiny_glotlid.ftz"
     assert [(r["on_target"], r["off_target"], r["undetermined"]) for r in report["rows"]] == [
         (3, 0, 1), (2, 0, 0), (2, 0, 0), (1, 2, 1), (2, 0, 0), (2, 0, 0)]
@@ -453,7 +453,7 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
 def test_wilson_intervals_in_every_figure(tmp_path, capsys):
     path = write_jsonl(tmp_path / "eval.jsonl", evaluate_rows())
     assert main(["audit", str(path)]) == 0
-    report = json.loads((tmp_path / "eval.audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "eval.jsonl.audit" / "audit.json").read_text())
     assert report["confidence"] == 0.95 and report["interval"] == "Wilson score"
     for row in report["rows"] + report["conditions"]:
         for key in ("on_target", "off_target", "undetermined"):
@@ -465,7 +465,7 @@ def test_wilson_intervals_in_every_figure(tmp_path, capsys):
     # the masked condition: 2 of its 7 decided outputs off-target -> 28.6% [8.2, 64.1]
     masked = report["conditions"][1]
     assert masked["off_target_rate_ci"] == pytest.approx(list(wilson(2, 7)), abs=1e-12)
-    md = (tmp_path / "eval.audit" / "audit.md").read_text()
+    md = (tmp_path / "eval.jsonl.audit" / "audit.md").read_text()
     assert "| mask_de | de, en, es | 8 | 7 | 28.6% [8.2, 64.1] | 25.0% [7.1, 59.1] | 12.5% [2.2, 47.1] |" in md
     assert "| baseline | de | 4 | 3 | 0 of 3: 0.0% [0.0, 56.1] | 75.0% [30.1, 95.4] | 0.0% [0.0, 49.0] |" in md
 
@@ -478,7 +478,7 @@ def test_an_undetermined_output_shows_its_best_guess(tmp_path):
     (row,) = run_audit(path, plot=False)["rows"]
     assert (row["undetermined"], row["undetermined_reasons"], row["undetermined_guesses"]) == (1, {"low confidence": 1},
                                                                                               {"en": 1})
-    md = (tmp_path / "g.audit" / "audit.md").read_text()
+    md = (tmp_path / "g.jsonl.audit" / "audit.md").read_text()
     assert "low confidence (1; best guess en: 1)" in md
 
 
@@ -520,7 +520,7 @@ def test_compare_two_runs_by_item_id(tmp_path, capsys):
 
     a, b = two_runs(tmp_path)
     assert main(["audit", str(a), "--compare", str(b)]) == 0
-    report = json.loads((tmp_path / "a.audit-compare" / "audit.json").read_text())
+    report = json.loads((tmp_path / "a.jsonl.audit-compare" / "audit.json").read_text())
     (comp,) = report["comparisons"]
     assert (comp["a"], comp["b"]) == (f"`{a}`", f"`{b}`")
     c = comp["comparison"]
@@ -544,11 +544,11 @@ def test_compare_two_runs_by_item_id(tmp_path, capsys):
     assert report["compare_input"] == str(b)
     assert [(r["run"], r["group"], r["expected"], r["off_target"]) for r in report["rows"]][2:4] == [
         ("A", "baseline", "es", 0), ("B", "mask_de", "de", 2)]
-    md = (tmp_path / "a.audit-compare" / "audit.md").read_text()
+    md = (tmp_path / "a.jsonl.audit-compare" / "audit.md").read_text()
     assert "## Change in off-target rate: B - A" in md and "pairs where either output is undetermined are dropped " \
         "(1 of 8)" in md and f"- A: `{a}`" in md and f"- B: `{b}`" in md
     assert "| de | 4 | 3 | 1 | 0.0% [0.0, 56.1] | 66.7% [20.8, 93.9] | 0 | 2 | +66.7 [" in md
-    assert (tmp_path / "a.audit-compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "a.jsonl.audit-compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "change in off-target rate B - A (item id; pairs with an undetermined output dropped)" in printed
     assert re.search(r"\nde\s+3\s+1\s+0\.0%\s+66\.7%\s+\+66\.7 \[.*\]\s+0\.5\n", printed)
@@ -612,7 +612,7 @@ def test_compare_two_conditions_inside_one_file(tmp_path, capsys):
     a, b = two_runs(tmp_path)
     files = run_audit(a, compare=b, plot=False, out=tmp_path / "files")["comparisons"][0]["comparison"]
     assert main(["audit", str(path), "--compare_by", "mask"]) == 0
-    report = json.loads((tmp_path / "eval.audit-compare" / "audit.json").read_text())
+    report = json.loads((tmp_path / "eval.jsonl.audit-compare" / "audit.json").read_text())
     (comp,) = report["comparisons"]
     assert (comp["a"], comp["b"]) == (f"mask = baseline in `{path}`", f"mask = mask_de in `{path}`")
     assert comp["comparison"]["rows"] == files["rows"]
@@ -675,7 +675,7 @@ def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
 
     path = write_lcb_csv(tmp_path / "outputs.csv")
     assert main(["audit", str(path), "--metric", "lcb", "--details", "true"]) == 0
-    report = json.loads((tmp_path / "outputs.lcb-audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "outputs.csv.lcb-audit" / "audit.json").read_text())
     assert report["metric"] == "lcb" and report["format"] == "csv" and report["n"] == 10
     lcb = report["lcb"]
     assert lcb["identifier"] == "fasttext:lid.176.ftz" and lcb["lid_threshold"] == 0.3
@@ -706,7 +706,7 @@ def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
     # crosslingual de: the text after "\nQ:" counts for neither metric
     de = m1["tasks"]["crosslingual"]["per_language"]["de"]
     assert de["lpr"] == 0.5 and de["whole_text"]["off_target"] == 1
-    md = (tmp_path / "outputs.lcb-audit" / "audit.md").read_text()
+    md = (tmp_path / "outputs.csv.lcb-audit" / "audit.md").read_text()
     assert "## m1" in md and "## m2" in md
     assert "### monolingual: LPR 66.7 | WPR 50.0 | LCPR 57.1 | whole-text off-target rate 20.0% [3.6, 62.4]" in md
     assert ("| fr | 33.3 [6.1, 79.2] | - | 33.3\\* | 33.3% [6.1, 79.2] | 25.0% [4.6, 69.9] | 25.0% [4.6, 69.9] | 1 "
@@ -717,10 +717,10 @@ def test_lcb_metric_from_the_benchmark_csv(tmp_path, capsys):
     ja = lcb["models"][1]["tasks"]["monolingual"]["per_language"]["ja"]
     assert (ja["lpr"], ja["wpr"], ja["wpr_n"], ja["wpr_ci"]) == (0.0, 1.0, 0, None)
     assert "| ja | 0.0 [0.0, 79.3] | 100.0 (n=0) | 0.0 | 100.0% [20.7, 100.0] |" in md
-    examples = [json.loads(x) for x in (tmp_path / "outputs.lcb-audit" / "examples.jsonl").read_text().splitlines()]
+    examples = [json.loads(x) for x in (tmp_path / "outputs.csv.lcb-audit" / "examples.jsonl").read_text().splitlines()]
     assert [e["line_error"] for e in examples[:4]] == [False, True, None, True] and examples[2]["skipped"]
     assert examples[5]["english_tokens"] == ["computer"] and examples[1]["whole_text_lang"] == "fr"
-    assert (tmp_path / "outputs.lcb-audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "outputs.csv.lcb-audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "m1 / monolingual: LPR 66.7  WPR 50.0  LCPR 57.1" in out and "fr         33.3      -   33.3" in out
 
@@ -757,7 +757,7 @@ def test_lcb_metric_bad_input(tmp_path, capsys):
     assert main(["audit", str(path), "--metric", "lcb"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lahis: error: ") and err.count("\n") == 1
-    assert not (tmp_path / "no_task.lcb-audit").exists()
+    assert not (tmp_path / "no_task.csv.lcb-audit").exists()
     bad = write_lcb_csv(tmp_path / "bad.csv", [("m", "x", "summary", "okapi", "fr"), ("m", "y", "monolingual", "okapi",
                                                                                        "French")])
     with pytest.raises(LahisError, match=r"bad.csv:2: unknown LCB task 'summary'"):
@@ -785,7 +785,7 @@ def test_lcb_metric_with_another_language_id_model(tmp_path):
     path = write_lcb_csv(tmp_path / "outputs.csv")
     assert main(["audit", str(path), "--metric", "lcb", "--backend", "glotlid", "--lid_model", str(model),
                  "--plot", "false"]) == 0
-    report = json.loads((tmp_path / "outputs.lcb-audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / "outputs.csv.lcb-audit" / "audit.json").read_text())
     assert report["lcb"]["identifier"] == "fasttext:tiny_glotlid.ftz"  # the same model file, read raw
     assert report["backend"] == "glotlid:tiny_glotlid.ftz"
     assert main(["audit", str(path), "--metric", "lcb", "--lid_model", str(tmp_path / "none.bin")]) == 2

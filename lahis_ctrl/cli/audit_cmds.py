@@ -27,7 +27,7 @@ def audit(input: str, format: Literal["auto", "evaluate", "lm-eval", "jsonl", "c
     LCPR) beside the whole-text figures.
 
     Writes audit.json, audit.md and audit.png (compare.png with a comparison; examples.jsonl with --details) to
-    --out (default: INPUT's name + '.audit/', '.lcb-audit/' or '.audit-compare/', or INPUT/audit/ for a folder),
+    --out (default: INPUT's file name + '.audit/', '.lcb-audit/' or '.audit-compare/', or INPUT/audit/ for a folder),
     prints a summary, and exits with status 1 when --max_off_target is exceeded.
 
     Args:

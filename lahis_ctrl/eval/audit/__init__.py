@@ -29,8 +29,8 @@ eval.stats.paired_difference. ``--compare_by mask``: every other mask of one fil
 (eval.lcb.lcb_report) with Wilson intervals where a figure is one proportion, and the whole-text figures beside.
 
 Outputs (report.py), written atomically together: ``audit.json``, ``audit.md``, ``audit.png``, ``compare.png`` with
-comparisons, ``examples.jsonl`` with ``--details``, in a folder per kind of report (INPUT.audit/, INPUT.lcb-audit/,
-INPUT.audit-compare/); a folder holding another audit's report is refused unless ``--overwrite``.
+comparisons, ``examples.jsonl`` with ``--details``, in a folder per input and kind of report (gens.jsonl.audit/,
+gens.jsonl.lcb-audit/, gens.jsonl.audit-compare/); a folder holding another audit's report is refused unless ``--overwrite``.
 ``--max_off_target RATE`` makes the command exit with status 1 when any row's off-target rate is above RATE.
 """
 

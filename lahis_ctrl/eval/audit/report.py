@@ -255,13 +255,14 @@ def _json_safe(obj: Any) -> Any:
 
 def default_out_dir(input: Path, metric: str = "offtarget", compared: bool = False,
                     select: tuple[str, str] | None = None) -> Path:
-    """INPUT.audit/ (INPUT/audit/ for a folder); .lcb-audit for --metric lcb, -compare with a comparison, and the
-    selector in the name for INPUT:FIELD=VALUE: each kind of report its own folder."""
+    """INPUT.audit/ beside the file (gens.jsonl.audit/; INPUT/audit/ for a folder); .lcb-audit for --metric lcb,
+    -compare with a comparison, and the selector in the name for INPUT:FIELD=VALUE: each input and each kind of
+    report its own folder (gens.jsonl and gens.txt never share one)."""
     input = Path(input)
     kind = ("lcb-audit" if metric == "lcb" else "audit") + ("-compare" if compared else "")
     if select is not None:
         kind = f"{select[0]}-{select[1]}.{kind}"
-    return input / kind if input.is_dir() else input.with_name(f"{input.stem}.{kind}")
+    return input / kind if input.is_dir() else input.with_name(f"{input.name}.{kind}")
 
 
 def check_replace(out_dir: Path, key: dict, overwrite: bool) -> None:

@@ -311,16 +311,29 @@ def test_help_shows_choices_ranges_and_the_workflow(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("lahis-ctrl ") and "torch " in version.stdout
 
 
-def test_quiet_and_verbose_act_on_the_package_logger_only(tmp_path):
-    """The package's logger (not the root logger) at INFO by default, WARNING with -q, DEBUG with -v."""
-    code = ("import logging, sys; from lahis_ctrl.cli import main; "
-            "rc = main(sys.argv[1:] + ['info', sys.argv[-1]]) if False else None; "
-            "from lahis_ctrl.cli import configure_logging; "
-            "configure_logging(int(sys.argv[1])); log = logging.getLogger('lahis_ctrl'); "
-            "print(logging.getLevelName(log.level), logging.getLevelName(logging.getLogger().level), log.propagate)")
-    levels = [subprocess.run([sys.executable, "-c", code, v], capture_output=True, text=True, env=ENV).stdout.split()
-              for v in ("0", "-1", "1")]
-    assert levels == [["INFO", "WARNING", "False"], ["WARNING", "WARNING", "False"], ["DEBUG", "WARNING", "False"]]
+def test_quiet_and_verbose_act_on_the_package_logger_only(tmp_path, monkeypatch, capsys):
+    """-q / -v set the level of the package's logger (never the root logger's), and -q draws no progress bar."""
+    import logging
+
+    from lahis_ctrl.cli import main
+
+    texts = tmp_path / "gens.txt"
+    texts.write_text("Der Hund bellt laut im Garten.\nDie Katze schläft auf dem Sofa.\n", encoding="utf-8")
+    root = logging.getLogger().level
+    for flags, level in (([], logging.INFO), (["-q"], logging.WARNING), (["-qq"], logging.ERROR),
+                         (["-v"], logging.DEBUG)):
+        out = tmp_path / f"r{len(flags)}{''.join(flags)}"
+        assert main([*flags, "audit", str(texts), "--expected", "de", "--plot", "false", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert logging.getLogger("lahis_ctrl").level == level and logging.getLogger().level == root, flags
+        assert logging.getLogger("lahis_ctrl").propagate is False
+        if flags and flags[0].startswith("-q"):
+            assert "language ID" not in err, err  # no progress bar
+        elif not flags:
+            assert "language ID" in err  # the bar -q silences
+    import tqdm.std
+
+    assert "quiet" not in tqdm.std.tqdm.__init__.__name__  # the bars are themselves again after the command
 
 
 def test_info_reads_the_config_and_loads_no_weights(world, tmp_path):

@@ -194,3 +194,47 @@ def test_planned_draws_auto_and_refusal():
     ok = planned_draws(steps, PplSettings(), LANGS, XquadSettings(languages=["de", "es", "hi", "ru"], random_masks=2),
                        ot, tr, lcb, 0.05, True)
     assert ok["xquad"] == 2 and [r for r in ok["plan"] if r["setting"] == "xquad.random_masks"][0]["underpowered_by_design"]
+
+
+@pytest.mark.slow
+def test_the_committed_report_has_the_same_verdicts_under_20_resampling_seeds():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "reproduce" / "gemma-3-270m" / "results.json"
+    results = json.loads(path.read_text())
+    steps = {k: results[k] for k in ("ppl", "xquad", "off_target", "transfer", "lcb") if k in results}
+    stored = {f["id"]: f["verdict"] for f in results["findings"]}
+    stored_placebo = {f["id"]: f["verdict"] for f in results["placebo"]}
+    alpha = results["config"]["alpha"]
+    for seed in range(20):
+        assert {f["id"]: f["verdict"] for f in findings(steps, alpha, seed=seed)} == stored, seed
+        assert {f["id"]: f["verdict"] for f in placebos(steps, alpha, seed=seed)} == stored_placebo, seed
+
+
+def test_many_masks_in_one_batched_pass_equal_each_mask_alone():
+    import torch
+    from tiny import tiny_model, tiny_tokenizer
+
+    from lahis_ctrl.core.control import apply_head_mask
+    from lahis_ctrl.core.lm import continuation_logprobs
+    from lahis_ctrl.core.mask import HeadMask
+    from lahis_ctrl.eval.transfer import alice_probe, probe_log_odds
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    masks = {"none": None, "a": HeadMask.from_heads(model, [(0, 1), (1, 2)], 0.0),
+             "b": HeadMask.from_heads(model, [(2, 0)], 3.0)}
+    prompts, conts = ["One two three", "Four five"], [" six seven", " eight"]
+    shape = masks["a"].values.shape
+    scales = torch.stack([torch.ones(shape) if m is None else m.values for m in masks.values()])
+    batched = continuation_logprobs(model, tok, prompts * 3, conts * 3, head_scales=scales.repeat_interleave(2, 0),
+                                    max_tokens=1, per_token=True)
+    for k, m in enumerate(masks.values()):
+        with apply_head_mask(model, m) if m is not None else torch.no_grad():
+            alone = continuation_logprobs(model, tok, prompts, conts, max_tokens=1, per_token=True)
+        assert batched[2 * k:2 * k + 2] == pytest.approx(alone, abs=1e-5)
+    fast = probe_log_odds(model, tok, "de", "es", masks, n=4)
+    full = alice_probe(model, tok, "de", "es", masks, n=4, max_new_tokens=1)
+    for name in masks:
+        assert [p["log_odds"] for p in fast["results"][name]["per_item"]] == pytest.approx(
+            [p["log_odds"] for p in full["results"][name]["per_item"]], abs=1e-5)

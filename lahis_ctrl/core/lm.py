@@ -249,11 +249,13 @@ def answer_loss(model, batch: dict[str, torch.Tensor], loss_chunk: Optional[int]
 
 def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 8,
                           progress: bool = False, desc: str = "score", max_tokens: Optional[int] = None,
-                          per_token: bool = False) -> list[float]:
+                          per_token: bool = False, head_scales: Optional[torch.Tensor] = None) -> list[float]:
     """log P(continuation | prompt) per pair: the sum of the continuation's token log-probs, teacher-forced.
 
     max_tokens: score only the continuation's first max_tokens tokens; per_token: their mean log-prob instead of the
-    sum. Batched with right padding (sequences sorted by length, so similar lengths share a batch).
+    sum. head_scales [pairs, layers, heads]: each pair under its own head mask (control.row_scales), so many masks
+    share one batched forward (e.g. many random head sets). Batched with right padding (sequences sorted by length,
+    so similar lengths share a batch).
     """
     from tqdm.auto import tqdm
 
@@ -266,6 +268,14 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
         seqs = [(full[:n_prompt + int(max_tokens)], n_prompt) for full, n_prompt in seqs]
     parts = lm_parts(model)
     device, pad = input_device(model), pad_id(tokenizer)
+    spec = None
+    if head_scales is not None:
+        from .architecture import describe
+
+        spec = describe(model)
+        if tuple(head_scales.shape) != (len(seqs), *spec.shape):
+            raise LahisError(f"head_scales must be [pairs, layers, heads] = [{len(seqs)}, {spec.num_layers}, "
+                             f"{spec.num_heads}], got {list(head_scales.shape)}")
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     out = [0.0] * len(seqs)
     with torch.no_grad():
@@ -276,7 +286,13 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
             for r, i in enumerate(rows):  # only the continuation's tokens are scored
                 full, n_prompt = seqs[i]
                 labels[r, n_prompt:len(full)] = ids[r, n_prompt:len(full)]
-            nll, which = token_nll(model, ids, mask, labels, parts=parts)
+            if spec is None:
+                nll, which = token_nll(model, ids, mask, labels, parts=parts)
+            else:
+                from .control import row_scales
+
+                with row_scales(model, spec, head_scales[rows]):  # [batch, layers, heads]: row r's own mask
+                    nll, which = token_nll(model, ids, mask, labels, parts=parts)
             sums = torch.zeros(len(rows), dtype=torch.float32, device=nll.device).index_add(0, which.to(nll.device), nll)
             for r, i in enumerate(rows):
                 scored = len(seqs[i][0]) - seqs[i][1]

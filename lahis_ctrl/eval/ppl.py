@@ -109,8 +109,8 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
     Y's heads are its strictly specific heads (see target_head_sets; selection="non-general" keeps the reference's
     "top-k heads that are not language-general"). Baselines: no mask, and `random_trials` draws of k random heads
     per evaluated language X, drawn from the heads outside X's own set (DRAW_RULE). With `placebo`, one more random
-    set per language Y (drawn the same way, outside Y's set) is zeroed on every language's texts: the placebo that
-    the findings put through the same tests in place of the real sets.
+    set per language Y (outside Y's set, no two sharing a head: placebo_sets) is zeroed on every language's texts:
+    the placebo that the findings put through the same tests in place of the real sets.
     Returns a JSON-able dict: {"k", "languages", "heads": {Y: [[l, h]]}, "random_heads": {X: [[[l, h]]]},
     "placebo_heads": {Y: [[l, h]]}, "baseline": {X: stats}, "masked": {Y: {X: stats}}, "placebo": {Y: {X: stats}},
     "random": {X: {"trials": [stats], "corpus_ppl", "mean_text_ppl"}}, "comparisons": {X: see compare_language}}
@@ -132,8 +132,7 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
                          f"got {random_trials}")
     heads_by_y = target_head_sets(scores_by_lang, k, q, min_rep, selection)
     draws = {x: random_draws(spec, k, random_trials, seed, x, exclude=heads_by_y.get(x, ())) for x in texts_by_lang}
-    placebo_heads = {y: random_draws(spec, k, 1, seed, f"placebo-{y}", exclude=heads_by_y[y])[0] for y in langs_y} \
-        if placebo else {}
+    placebo_heads = placebo_sets(spec, k, seed, "ppl", heads_by_y) if placebo else {}
 
     def run(x: str, heads, tag: str) -> dict:
         mask = HeadMask.from_heads(spec, heads, 0.0) if heads else None
@@ -160,6 +159,19 @@ def ppl_cross(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], scor
         if x in result["masked"]:
             result["comparisons"][x] = compare_language(result, x, seed=seed)
     return result
+
+
+def placebo_sets(spec, k: int, seed: int, tag: str, targets: Mapping) -> dict:
+    """One random set of k heads per unit (a language, a pair), drawn unit after unit so that no two share a head,
+    each outside its own unit's target set: placebos as independent of each other as the (disjoint) target sets they
+    stand in for, so a test that counts units as independent stays valid for them."""
+    rng = random.Random(f"{seed}-{tag}-placebo")
+    used: list = []
+    out = {}
+    for unit, target in targets.items():
+        out[unit] = random_heads(spec.num_layers, spec.num_heads, k, rng, [*map(tuple, target), *used])
+        used += out[unit]
+    return out
 
 
 def random_draws(spec, k: int, trials: int, seed: int, tag: str, exclude: Sequence = ()) -> list[list[tuple[int, int]]]:

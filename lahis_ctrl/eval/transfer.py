@@ -233,11 +233,8 @@ def _validated(model, interventions: Mapping[str, object]) -> dict:
     return masks
 
 
-def _share(values: Sequence) -> float:
-    """The share of true values; NaN without values or when any is None (not generated)."""
-    if not values or any(v is None for v in values):
-        return float("nan")
-    return sum(bool(v) for v in values) / len(values)
+def _share(values: Sequence[bool]) -> float:
+    return sum(bool(v) for v in values) / len(values) if values else float("nan")
 
 
 def _summary(log_odds: Sequence[float], answers: Sequence[str], seed: int = 0) -> dict:
@@ -249,8 +246,7 @@ def _summary(log_odds: Sequence[float], answers: Sequence[str], seed: int = 0) -
     return {"n": n, "mean_log_odds": sum(log_odds) / n if n else float("nan"), "mean_log_odds_ci": mean_ci,
             "share_prefers_x": prefers / n if n else float("nan"),
             "share_prefers_x_ci": list(wilson_interval(prefers, n)),
-            **{f"share_answer_{k}": _share([None if a is None else a == k for a in answers])
-               for k in ("x", "y", "neither", "both")}}
+            **{f"share_answer_{k}": _share([a == k for a in answers]) for k in ("x", "y", "neither", "both")}}
 
 
 def shifts(result: Mapping, baseline: str = "none", seed: int = 0) -> dict[str, dict]:
@@ -265,7 +261,7 @@ def shifts(result: Mapping, baseline: str = "none", seed: int = 0) -> dict[str, 
 
 def alice_probe(model, tokenizer, lang1: str, lang2: str, interventions: Mapping[str, object],
                 n: Optional[int] = None, seed: int = 0, order: str = "both", batch_size: int = 8,
-                max_new_tokens: int = 8, progress: bool = False, generate: Optional[Sequence[str]] = None) -> dict:
+                max_new_tokens: int = 8, progress: bool = False) -> dict:
     """Measure how each intervention moves the Alice probe's answer toward X (stated in lang1).
 
     interventions: {name: HeadMask, mask file, or None (= the original model)}, all validated against
@@ -279,8 +275,7 @@ def alice_probe(model, tokenizer, lang1: str, lang2: str, interventions: Mapping
                                         "generation"}]}}}
     log_odds = log P(" " + X_en | prompt) - log P(" " + Y_en | prompt), natural log; answer is "x", "y",
     "both" or "neither" (which occupations the greedy continuation names, in English, lang1 or lang2).
-    generate: the interventions that also generate (None = all); the others are scored teacher-forced only (their
-    answer shares are NaN and their items carry no "answer"/"generation"): many random draws cost one forward each.
+    `probe_log_odds` scores many interventions (random head sets) teacher-forced only, in one batched pass.
     """
     from ..core.control import apply_head_mask
     from ..core.lm import greedy_generate
@@ -294,36 +289,67 @@ def alice_probe(model, tokenizer, lang1: str, lang2: str, interventions: Mapping
     continuations = [" " + it["x_en"] for it in items] + [" " + it["y_en"] for it in items]
     result = {"lang1": lang1, "lang2": lang2, "order": order, "seed": seed, "max_new_tokens": max_new_tokens,
               "n_items": len(items), "question": QUESTION, "items": items, "results": {}}
-    unknown = sorted(set(generate or ()) - set(masks))
-    if unknown:
-        raise LahisError(f"generate names interventions that are not given: {', '.join(unknown)}")
     for name, mask in masks.items():
         ctx = apply_head_mask(model, mask) if mask is not None else contextlib.nullcontext()
-        generates = generate is None or name in generate
         with ctx, torch.no_grad():
             lps = continuation_logprobs(model, tokenizer, score_prompts, continuations, batch_size=batch_size,
                                         progress=progress, desc=f"alice {name}: score")
             gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   progress=progress) if generates else None
+                                   progress=progress)
         per_item = []
         for k, it in enumerate(items):
             lpx, lpy = lps[k], lps[len(items) + k]
             per_item.append({"id": it["id"], "logp_x": lpx, "logp_y": lpy, "log_odds": lpx - lpy,
-                             "prefers_x": lpx - lpy > 0})
-            if gens is not None:
-                per_item[-1].update(generation=gens[k], answer=classify_answer(gens[k], it["x"], it["y"], lang1, lang2))
+                             "prefers_x": lpx - lpy > 0, "generation": gens[k],
+                             "answer": classify_answer(gens[k], it["x"], it["y"], lang1, lang2)})
         entry = {"mask": None if mask is None else {
             "changed_heads": [list(h) for h in mask.changed_heads()],
             "scales": [float(mask.values[l, h]) for l, h in mask.changed_heads()], "method": mask.method}}
-        entry.update(_summary([p["log_odds"] for p in per_item], [p.get("answer") for p in per_item], seed))
+        entry.update(_summary([p["log_odds"] for p in per_item], [p["answer"] for p in per_item], seed))
         entry["by_order"] = {o: _summary([p["log_odds"] for p, it in zip(per_item, items) if it["order"] == o],
-                                         [p.get("answer") for p, it in zip(per_item, items) if it["order"] == o])
+                                         [p["answer"] for p, it in zip(per_item, items) if it["order"] == o])
                              for o in dict.fromkeys(it["order"] for it in items)}
         entry["per_item"] = per_item
         result["results"][name] = entry
     if "none" in result["results"]:
         result["shifts"] = shifts(result, "none", seed)
     return result
+
+
+def probe_log_odds(model, tokenizer, lang1: str, lang2: str, interventions: Mapping[str, object],
+                   n: Optional[int] = None, seed: int = 0, order: str = "both", batch_size: int = 8,
+                   progress: bool = False) -> dict:
+    """The teacher-forced half of `alice_probe` for many interventions at once (e.g. random head sets): every
+    intervention's items go through one batched pass, each row under its own mask (exactly the mask's own log-odds).
+    Returns {"results": {name: {"mask", "n", "mean_log_odds", "per_item": [{"id", "logp_x", "logp_y",
+    "log_odds", "prefers_x"}]}}} in alice_probe's format, without generations."""
+    items = probe_items(lang1, lang2, n=n, seed=seed, order=order)
+    masks = _validated(model, interventions)
+    from ..core.architecture import describe
+
+    shape = describe(model).shape
+    names = list(masks)
+    prompts = [it["prompt"] for it in items]
+    conts = [" " + it["x_en"] for it in items] + [" " + it["y_en"] for it in items]
+    scales = torch.stack([torch.ones(shape) if masks[name] is None else masks[name].values.float() for name in names])
+    k = len(items)
+    lps = continuation_logprobs(model, tokenizer, (prompts * 2) * len(names), conts * len(names), batch_size=batch_size,
+                                progress=progress, desc="alice (teacher-forced)",
+                                head_scales=scales.repeat_interleave(2 * k, dim=0))  # [interventions * 2 * items]
+    out = {}
+    for j, name in enumerate(names):
+        base = j * 2 * k
+        per_item = [{"id": it["id"], "logp_x": lps[base + i], "logp_y": lps[base + k + i],
+                     "log_odds": lps[base + i] - lps[base + k + i], "prefers_x": lps[base + i] > lps[base + k + i]}
+                    for i, it in enumerate(items)]
+        mask = masks[name]
+        out[name] = {"mask": None if mask is None else {"changed_heads": [list(h) for h in mask.changed_heads()],
+                                                         "scales": [float(mask.values[l, h])
+                                                                    for l, h in mask.changed_heads()],
+                                                         "method": mask.method},
+                     "n": k, "mean_log_odds": sum(p["log_odds"] for p in per_item) / k if k else float("nan"),
+                     "per_item": per_item}
+    return {"lang1": lang1, "lang2": lang2, "order": order, "seed": seed, "n_items": k, "results": out}
 
 
 def format_probe_table(result: Mapping) -> str:

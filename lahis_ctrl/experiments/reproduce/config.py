@@ -121,6 +121,8 @@ class OffTargetSettings:
             one unit: 1999 draws). One more set of each kind is the placebo.
         generate_draws: random zeroed sets also generated through lm-eval (their off-target rates beside the
             proxy's, to show how the two agree).
+        proxy_limit: documents the proxy scores per head set (the first of the task's; null = as many as `limit`): a
+            thousand-odd random sets on every document of NTREX-128 would cost hours even on a GPU.
         limit: documents per task (null = all).
         max_gen_toks: generation budget per document (both tasks stop at a newline).
         batch_size: lm-eval batch size.
@@ -133,6 +135,7 @@ class OffTargetSettings:
     scale_up: NonNegativeFloat = 3.0
     random_draws: Draws = "auto"
     generate_draws: NonNegativeInt = 2
+    proxy_limit: Optional[PositiveInt] = 48
     limit: Optional[PositiveInt] = 24
     max_gen_toks: PositiveInt = 40
     batch_size: PositiveInt = 8

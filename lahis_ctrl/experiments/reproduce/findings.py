@@ -26,6 +26,7 @@ are attached by `attach_control`.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Callable, Optional, Sequence
 
@@ -35,6 +36,8 @@ from ...eval import stats
 
 ALPHA = 0.05
 POWER = 0.8
+# the seed of every bootstrap and sign-flip resampling of one findings() call (its verdicts must not depend on it)
+_SEED = contextvars.ContextVar("resampling_seed", default=0)
 PAPER_XQUAD_GAIN = 5.0  # points (the paper's average over languages)
 
 # test names (report.TESTS_TEXT says what each does)
@@ -95,12 +98,12 @@ def _item_finding(fid: str, claim: str, reading: str, a, b, direction: int, unit
               int(keep.sum()), n_what)
     if not keep.any():
         return _no_data(f, reason)
-    c = stats.paired_difference(a, b, unit=unit)
+    c = stats.paired_difference(a, b, unit=unit, seed=_SEED.get())
     f.update(effect=scale * c.effect, ci=_scaled(c.ci, scale), p_value=c.p_value,
              min_p=min(1.0, 2 * 0.5 ** int(keep.sum())) if binary or keep.sum() <= stats.EXACT_SIGN_FLIP_MAX
              else 1 / (1 + stats.N_RESAMPLES))
     f["_kind"] = "item"
-    f["_interval"] = lambda conf: _scaled(stats.paired_difference(a, b, confidence=conf).ci, scale)
+    f["_interval"] = lambda conf: _scaled(stats.paired_difference(a, b, confidence=conf, seed=_SEED.get()).ci, scale)
     f["_mde"] = lambda level: stats.mde_from_interval(f["ci"], 0.95, level, POWER)
     return f
 
@@ -116,7 +119,7 @@ def _seeds_finding(fid: str, claim: str, reading: str, orig: dict, treated: dict
               "test items (x training seeds)")
     if not langs or n == 0:
         return _no_data(f, "no XQuAD items")
-    point, boot = stats.seeds_items_bootstrap(diffs)
+    point, boot = stats.seeds_items_bootstrap(diffs, seed=_SEED.get())
     point, boot = 100 * point, 100 * boot
     # every (seed, item) pair as if independent, for Newcombe's interval: it stays informative where the bootstrap
     # collapses (no item changed: the bootstrap gives [0, 0])
@@ -135,7 +138,7 @@ def _seeds_finding(fid: str, claim: str, reading: str, orig: dict, treated: dict
         p = stats.inverted_p(interval, null_value)  # the p of the interval itself: both agree at every level
         min_p = stats.INVERSION_FLOOR
     else:
-        p = stats.paired_difference(flat_a, flat_b, binary=False).p_value
+        p = stats.paired_difference(flat_a, flat_b, binary=False, seed=_SEED.get()).p_value
         min_p = 2 * 0.5 ** n if n <= stats.EXACT_SIGN_FLIP_MAX else 1 / (1 + stats.N_RESAMPLES)
     f.update(effect=point, ci=interval(0.95), p_value=p, min_p=min_p, null_value=null_value)
     f["_kind"] = "item"
@@ -161,7 +164,7 @@ def _rank_finding(fid: str, claim: str, units: list[dict], direction: int, unit:
     if not usable:
         return _no_data(f, "no unit has an effect for its target heads and for a random draw")
     test = stats.rank_test([u["t_eff"] for u in usable], [u["r_eff"] for u in usable], direction)
-    point, boot = stats.draw_level_bootstrap([u["t"] for u in usable], [u["r"] for u in usable])
+    point, boot = stats.draw_level_bootstrap([u["t"] for u in usable], [u["r"] for u in usable], seed=_SEED.get())
     spread = [np.nanvar(u["r_eff"], ddof=1) for u in usable if np.sum(~np.isnan(u["r_eff"])) > 1]
     sigma = scale * math.sqrt(float(np.mean(spread))) if spread else math.nan
     f.update(effect=scale * point, p_value=test.p_value, draws=list(test.draws), min_p=test.min_p,
@@ -186,8 +189,8 @@ def _diagonal_finding(fid: str, claim: str, rows: dict, evidence: str) -> dict:
     if len(langs) < 2:
         return _no_data(f, "fewer than 2 languages")
     means = np.array([np.nanmean(np.asarray(rows[x], dtype=float), axis=1) for x in langs])  # [texts of x, set y]
-    perm = stats.label_permutation_test(means)
-    point, boot = stats.diagonal_contrast_bootstrap([rows[x] for x in langs])
+    perm = stats.label_permutation_test(means, seed=_SEED.get())
+    point, boot = stats.diagonal_contrast_bootstrap([rows[x] for x in langs], seed=_SEED.get())
     f.update(effect=point, ci=list(np.quantile(boot, [0.025, 0.975]).tolist()), p_value=perm["p_value"],
              min_p=perm["min_p"], permutations=perm["permutations"],
              rank={"p_greater": perm["p_greater"], "p_less": perm["p_less"]})
@@ -508,15 +511,26 @@ _BUILDERS = (("ppl", _ppl_findings), ("xquad", _xquad_findings), ("off_target", 
              ("transfer", _transfer_findings), ("lcb", _lcb_findings))
 
 
-def findings(results: dict, alpha: float = ALPHA) -> list[dict]:
-    """Each claim of the paper checked against this run's numbers (see the module docstring), Holm over them."""
-    return _verdicts([f for key, build in _BUILDERS if results.get(key) for f in build(results[key], False)], alpha)
+def _family(results: dict, alpha: float, seed: int, placebo: bool) -> list[dict]:
+    token = _SEED.set(int(seed))
+    try:
+        return _verdicts([f for key, build in _BUILDERS if results.get(key) for f in build(results[key], placebo)],
+                         alpha)
+    finally:
+        _SEED.reset(token)
 
 
-def placebos(results: dict, alpha: float = ALPHA) -> list[dict]:
+def findings(results: dict, alpha: float = ALPHA, seed: int = 0) -> list[dict]:
+    """Each claim of the paper checked against this run's numbers (see the module docstring), Holm over them.
+    `seed` seeds the resampling (bootstrap intervals, sign-flip tests above 20 items): the verdicts do not depend on
+    it (tests/test_designs.py checks the committed report under 20 seeds)."""
+    return _family(results, alpha, seed, placebo=False)
+
+
+def placebos(results: dict, alpha: float = ALPHA, seed: int = 0) -> list[dict]:
     """The placebo rows: every test against random heads (and the diagonal) with a random set in the place of the
     target heads; Holm over them as their own family. On any model they come out inconclusive at the nominal rate."""
-    return _verdicts([f for key, build in _BUILDERS if results.get(key) for f in build(results[key], True)], alpha)
+    return _family(results, alpha, seed, placebo=True)
 
 
 # ---------------------------------------------------------------------------------------------- the control

@@ -242,17 +242,19 @@ def _transfer_table(tr: dict) -> str:
 
     blocks = []
     for pair, r in tr.items():
-        shown = {n: v for n, v in r["results"].items() if "random heads #" not in n}
+        shown = {n: v for n, v in r["results"].items() if "random heads #" not in n and "placebo" not in n}
         table = format_probe_table({**r, "results": shown,
                                     "shifts": {n: v for n, v in r.get("shifts", {}).items() if n in shown}})
         base = r["results"]["none"]["mean_log_odds"]
         for kind in ("x", "zero"):
             draws = [v["mean_log_odds"] - base for n, v in r["results"].items()
                      if n.startswith(kind) and "random heads #" in n]
+            placebo = [v["mean_log_odds"] - base for n, v in r["results"].items() if n.startswith(kind) and "placebo" in n]
             if draws:
                 table += (f"\n\n{len(draws)} random sets {'scaled up' if kind == 'x' else 'zeroed'}: shift of the "
                           f"mean log-odds {np.mean(draws):+.3f} on average (range {min(draws):+.3f} to "
-                          f"{max(draws):+.3f}); teacher-forced only.")
+                          f"{max(draws):+.3f})" + (f"; the placebo set {placebo[0]:+.3f}" if placebo else "")
+                          + "; teacher-forced only.")
         blocks.append(table)
     return ("Answer shares come from greedy continuations of the named interventions; random and placebo sets are "
             "scored teacher-forced only (their answer shares are n/a).\n\n" + "\n\n".join(blocks))
@@ -443,7 +445,9 @@ def design_table(results: dict) -> str:
              "smallest p | |", "|---|---|---:|---:|---:|---:|---|"]
     for row in design["plan"]:
         flag = "underpowered by design" if row["underpowered_by_design"] else ""
-        lines.append(f"| {row['claim']} | {row['setting']} | {row['units']} | {row['draws']}"
+        units = str(row["units"]) + (f" (of {row['configured_units']} configured: their head sets share heads)"
+                                     if "configured_units" in row else "")
+        lines.append(f"| {row['claim']} | {row['setting']} | {units} | {row['draws']}"
                      f"{' (auto)' if row['auto'] else ''} | {row['needed']} | {_fmt_p(row['min_p'])} | {flag} |")
     seconds = {}
     for s in results.get("steps", []):

@@ -157,7 +157,7 @@ def planned_draws(steps, ppl: PplSettings, ppl_languages: list, xquad: XquadSett
                              "\"underpowered by design\"")
         out["plan"].append({"claim": claim, "setting": setting, "units": units, "draws": draws,
                             "auto": value == "auto", "needed": needed, "min_p": min_p,
-                            "underpowered_by_design": min_p > level})
+                            "underpowered_by_design": min_p > level, "key": [step, sub]})
         if sub:
             out["off_target"][sub] = draws
         else:
@@ -165,10 +165,74 @@ def planned_draws(steps, ppl: PplSettings, ppl_languages: list, xquad: XquadSett
     return out
 
 
+def independent_units(scores: dict, steps, scoring: ScoringSettings, ppl: PplSettings, ppl_languages: list,
+                      xquad: XquadSettings, off_target: OffTargetSettings, transfer: TransferSettings,
+                      lcb: LcbSettings) -> dict:
+    """The independent units each claim against random heads has once the scores are known: languages (or pairs)
+    whose head sets share a head count once (lahis.heads.independent_groups). {(step, sub): units}."""
+    import types
+
+    import torch
+
+    from ...lahis.heads import independent_groups, strict_specific_heads
+    from .runner import _one_percent
+
+    layers, heads = next(iter(scores.values())).scores.shape
+    shape = types.SimpleNamespace(num_layers=layers, num_heads=heads)
+
+    def strict(langs, k) -> dict:
+        return {x: strict_specific_heads(scores, x, k, q=scoring.q).heads for x in dict.fromkeys(langs)}
+
+    units = {}
+    if "ppl" in steps:
+        units[("ppl", None)] = len(independent_groups(strict(ppl_languages, ppl.k)))
+    if "xquad" in steps:
+        n = xquad.heads or max(4, int(0.02 * layers * heads))
+        top = {x: [(int(i) // heads, int(i) % heads) for i in
+                   torch.sort(scores[x].scores.flatten(), descending=True, stable=True).indices[:n]]
+               for x in xquad.languages}  # the soft mask's trainable heads (lahis.softmask.select_heads "top")
+        units[("xquad", None)] = len(independent_groups(top))
+    k = _one_percent(shape, off_target.heads)
+    if "off_target" in steps:
+        units[("off_target", "zero")] = 1
+        units[("off_target", "scale")] = len(independent_groups(strict(off_target.languages, k)))
+    if "transfer" in steps and transfer.pairs:
+        k = _one_percent(shape, transfer.heads)
+        units[("transfer", None)] = min(len(independent_groups({f"{a}-{b}": strict([a], k)[a] for a, b in transfer.pairs})),
+                                        len(independent_groups({f"{a}-{b}": strict([b], k)[b] for a, b in transfer.pairs})))
+    if "lcb" in steps:
+        units[("lcb", None)] = len(independent_groups(strict(lcb.languages, _one_percent(shape, lcb.heads))))
+    return units
+
+
+def refine_draws(draws: dict, units: dict) -> dict:
+    """The plan once the independent units are known: `auto` counts become the fewest draws that reach p <= AUTO_MIN_P
+    with the units there really are (fewer when languages share heads), and every row's smallest p and power flag
+    follow (a count set by hand whose units merged is then labelled underpowered by design, not refused)."""
+    from ...eval import stats
+
+    for row in draws["plan"]:
+        key = tuple(row["key"])
+        if key not in units or units[key] == row["units"]:
+            continue
+        row["configured_units"], row["units"] = row["units"], units[key]
+        row["needed"] = stats.draws_needed(row["units"], AUTO_MIN_P)
+        if row["auto"]:
+            row["draws"] = row["needed"]
+            if key[1]:
+                draws["off_target"][key[1]] = row["draws"]
+            else:
+                draws[key[0]] = row["draws"]
+        row["min_p"] = stats.min_rank_p(row["draws"], row["units"])
+        row["underpowered_by_design"] = row["min_p"] > draws["level"]
+    return draws
+
+
 def _run_steps(run: _Run, steps, scoring: ScoringSettings, ppl: PplSettings, xquad: XquadSettings,
                off_target: OffTargetSettings, transfer: TransferSettings, lcb: LcbSettings, data: Optional[str],
-               source: str, seed: int, draws: dict) -> tuple[dict, dict]:
-    """Every requested step on one model: (results, the loaded LAHIS scores)."""
+               source: str, seed: int, draws: dict, refine: bool = True) -> tuple[dict, dict]:
+    """Every requested step on one model: (results, the loaded LAHIS scores). With `refine`, the draw counts are
+    refined from the scores (refine_draws) before the steps that use them; the control keeps the main run's."""
     from ...lahis.heads import load_scores
 
     _header(f"1. LAHIS scores of {', '.join(scoring.languages)} ({source}, {scoring.texts} x {scoring.max_length} tokens)")
@@ -176,6 +240,9 @@ def _run_steps(run: _Run, steps, scoring: ScoringSettings, ppl: PplSettings, xqu
     results: dict[str, Any] = {"model": scores_res["model"],
                                "scores": {k: v for k, v in scores_res.items() if k not in ("fingerprint", "model")}}
     scores, scores_fp = load_scores(list(scores_res["files"].values())), scores_res["fingerprint"]
+    if refine:
+        refine_draws(draws, independent_units(scores, steps, scoring, ppl, ppl.languages or list(scoring.languages),
+                                              xquad, off_target, transfer, lcb))
     if "ppl" in steps:
         _header(f"2. perplexity matrix ({ppl.k} strictly specific heads zeroed vs {draws['ppl']} draws of {ppl.k} "
                 "random heads, and a placebo set per language)")
@@ -296,7 +363,7 @@ def reproduce(model: str = "gemma-3-270m", data: Optional[str] = None, out: Path
                        random_init=control.seed)
             print(f"\n== random-weight control: {ctl.model_name}, the same sizes and draws")
             ctl_results, _ = _run_steps(ctl, steps, scoring, ppl, xquad, off_target, transfer, lcb, data, source, seed,
-                                        draws)
+                                        draws, refine=False)
             ctl_found = findings(ctl_results, alpha)
             attach_control(results["findings"], ctl_found)
             write_json(out / "control_results.json", {"model": ctl.model_name, "seed": control.seed, **ctl_results,

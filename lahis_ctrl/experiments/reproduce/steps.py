@@ -23,7 +23,10 @@ from .config import LcbSettings, OffTargetSettings, PplSettings, ScoringSettings
 from .runner import _Run, _fingerprint, _model_facts, _one_percent
 
 # draws run in blocks of this many per stored step, so a long draw loop resumes where it stopped
-DRAW_BLOCK = 50
+DRAW_BLOCK = 200
+# teacher-forced passes over many head sets (the off-target proxy, the Alice probe's random sets) batch at least this
+# many short sequences, each row under its own mask: one forward per batch instead of one per head set
+MANY_MASKS_BATCH = 64
 
 
 # ====================================================================== 1. scores
@@ -62,11 +65,22 @@ def _specific(scores: dict, lang: str, k: int, s: ScoringSettings) -> list[tuple
     return list(head_sets(scores, [lang], k, s)[lang].heads)
 
 
-def draws_for(spec, k: int, count: int, seed: int, tag: str, exclude) -> list[list[tuple[int, int]]]:
-    """count + 1 random sets of k heads outside `exclude`: the placebo (first), then `count` null draws."""
+def draws_for(spec, k: int, count: int, seed: int, tag: str, exclude, placebo=None) -> list[list[tuple[int, int]]]:
+    """count + 1 random sets of k heads outside `exclude`: the placebo (first; `placebo` when given, one of
+    joint_placebos, which keeps the placebos of several units apart), then `count` null draws."""
     from ...eval.ppl import random_draws
 
-    return random_draws(spec, k, count + 1, seed, tag, exclude=exclude)
+    sets = random_draws(spec, k, count + 1, seed, tag, exclude=exclude)
+    if placebo is not None:
+        sets[0] = sorted(tuple(h) for h in placebo)
+    return sets
+
+
+def joint_placebos(spec, k: int, seed: int, tag: str, targets: dict) -> dict:
+    """{unit: its placebo set}: no two units' placebos share a head (eval.ppl.placebo_sets)."""
+    from ...eval.ppl import placebo_sets
+
+    return placebo_sets(spec, k, seed, tag, targets)
 
 
 def _without(settings, *fields: str) -> dict:
@@ -113,14 +127,16 @@ def _ppl_step(run: _Run, p: PplSettings, s: ScoringSettings, source: str, scores
 
 
 # ====================================================================== 3. xquad
-def xquad_plan(spec, lang: str, lahis_heads, n: int, seeds: int, draws: int, seed: int) -> list:
+def xquad_plan(spec, lang: str, lahis_heads: dict, n: int, seeds: int, draws: int, seed: int) -> list:
     """The soft masks of one language: the LAHIS mask with `seeds` training seeds ("lahis", "lahis-s1", ...), the
-    placebo and `draws` random-heads masks ("random-1", ...), whose heads are drawn outside the LAHIS heads; random
-    mask i trains with the items in the order of training seed i mod seeds."""
+    placebo and `draws` random-heads masks ("random-1", ...), whose heads are drawn outside the LAHIS heads (the
+    placebos of all languages apart from each other); random mask i trains with the items in the order of training
+    seed i mod seeds. lahis_heads: {language: its LAHIS heads} for every XQuAD language of the run."""
     from ..soft_masks import MaskPlan
 
     plan = [MaskPlan("lahis" if i == 0 else f"lahis-s{i}", "top", seed, i) for i in range(seeds)]
-    for i, heads in enumerate(draws_for(spec, n, draws, seed, f"xquad-{lang}", lahis_heads)):
+    placebo = joint_placebos(spec, n, seed, "xquad", lahis_heads)[lang]
+    for i, heads in enumerate(draws_for(spec, n, draws, seed, f"xquad-{lang}", lahis_heads[lang], placebo)):
         plan.append(MaskPlan("placebo" if i == 0 else f"random-{i}", tuple(heads), seed, i % seeds))
     return plan
 
@@ -144,7 +160,7 @@ def _xquad_step(run: _Run, xs: XquadSettings, s: ScoringSettings, scores: dict, 
             rows, split = load_qa(lang, data)
             train, test = reference_split(rows, split)
             test = test[:xs.test_items] if xs.test_items else test
-            lahis_heads = select_heads(spec, n, "top", scores[lang])
+            lahis_heads = {x: select_heads(spec, n, "top", scores[x]) for x in xs.languages}
             plan = xquad_plan(spec, lang, lahis_heads, n, xs.seeds, draws, seed)
             report, masks = compare_soft_masks(run.model, run.tok, lang, scores[lang], train, test, n,
                                                run.work / "masks", run.work / "xquad" / lang, epochs=xs.epochs,
@@ -180,9 +196,11 @@ def intervention_sets(spec, scores: dict, targets: Sequence[str], source_lang: s
     the one source set they are compared with), "scale_draws": {T: the placebo + `draws` random sets outside T's heads}}.
     """
     sets = head_sets(scores, [source_lang, *targets], k, s)
+    placebos = joint_placebos(spec, k, seed, f"{step}-scale", {t: sets[t].heads for t in targets})
     return {"source": list(sets[source_lang].heads), "target": {t: list(sets[t].heads) for t in targets},
             "zero_draws": draws_for(spec, k, draws, seed, f"{step}-zero", sets[source_lang].heads),
-            "scale_draws": {t: draws_for(spec, k, draws, seed, f"{step}-scale-{t}", sets[t].heads) for t in targets}}
+            "scale_draws": {t: draws_for(spec, k, draws, seed, f"{step}-scale-{t}", sets[t].heads, placebos[t])
+                            for t in targets}}
 
 
 def _masks_of(spec, sets: dict, target: str, scale_up: float, names: Sequence[str]) -> dict:
@@ -361,7 +379,8 @@ def _proxy_steps(run: _Run, o: OffTargetSettings, scores_fp: str, seed: int, dat
 
         def measure(names: Sequence[str]) -> dict:
             masks = _masks_of(run.spec, sets(), target, o.scale_up, names)
-            values = language_preference(run.model, run.tok, docs(), [masks[name][1] for name in names], o.batch_size)
+            values = language_preference(run.model, run.tok, docs(), [masks[name][1] for name in names],
+                                         max(o.batch_size, MANY_MASKS_BATCH))
             return dict(zip(names, values))
 
         base = {"scores": scores_fp, "settings": _without(o, "random_draws", "generate_draws"), "target": target,
@@ -389,17 +408,21 @@ def _proxy_steps(run: _Run, o: OffTargetSettings, scores_fp: str, seed: int, dat
 
 # ====================================================================== 5. transfer
 def transfer_interventions(spec, scores: dict, l1: str, l2: str, k: int, scale_up: float, s: ScoringSettings,
-                           seed: int, draws: int) -> dict:
+                           seed: int, draws: int, pairs: Sequence = ()) -> dict:
     """The Alice probe's interventions: none, x scale_up language 1's heads, zero language 2's heads, and for each
-    of the two the placebo and `draws` random sets of the same size (drawn outside that language's heads)."""
+    of the two the placebo and `draws` random sets of the same size (drawn outside that language's heads; the
+    placebos of all `pairs` of the run apart from each other)."""
     from ...core.mask import HeadMask
 
-    sets = head_sets(scores, [l1, l2], k, s)
+    pairs = [tuple(p) for p in pairs] or [(l1, l2)]
+    sets = head_sets(scores, [x for p in pairs for x in p], k, s)
     made = {"none": None,
             f"x{scale_up:g} {l1} heads": HeadMask.from_heads(spec, sets[l1].heads, scale_up),
             f"zero {l2} heads": HeadMask.from_heads(spec, sets[l2].heads, 0.0)}
-    scale = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-scale", sets[l1].heads)
-    zero = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-zero", sets[l2].heads)
+    up = joint_placebos(spec, k, seed, "transfer-scale", {p: sets[p[0]].heads for p in pairs})[(l1, l2)]
+    down = joint_placebos(spec, k, seed, "transfer-zero", {p: sets[p[1]].heads for p in pairs})[(l1, l2)]
+    scale = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-scale", sets[l1].heads, up)
+    zero = draws_for(spec, k, draws, seed, f"transfer-{l1}-{l2}-zero", sets[l2].heads, down)
     for i, (a, b) in enumerate(zip(scale, zero)):
         tag = "placebo heads" if i == 0 else f"random heads #{i}"
         made[f"x{scale_up:g} {tag}"] = HeadMask.from_heads(spec, a, scale_up)
@@ -419,7 +442,7 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: 
             if "all" not in state:
                 spec = run.spec
                 state["all"] = transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up,
-                                                      s, seed, draws)
+                                                      s, seed, draws, tr.pairs)
             return state["all"]
 
         def probe(names: Sequence[str], generate: bool, l1=l1, l2=l2) -> dict:
@@ -428,8 +451,8 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: 
                 return alice_probe(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
                                    progress=True)
             # random and placebo sets: teacher-forced only, many sets per batched pass
-            return probe_log_odds(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed, batch_size=tr.batch_size,
-                                  progress=True)
+            return probe_log_odds(run.model, run.tok, l1, l2, chosen, n=tr.items, seed=seed,
+                                  batch_size=max(tr.batch_size, MANY_MASKS_BATCH), progress=True)
 
         key = {"scores": scores_fp, "settings": _without(tr, "random_draws"), "pair": [l1, l2], "seed": seed,
                "design": "strict-heads/placebo"}

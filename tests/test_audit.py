@@ -402,8 +402,10 @@ def test_a_second_audit_never_replaces_another_report(tmp_path, capsys):
     a, b = two_runs(tmp_path)
     out = tmp_path / "rep"
     assert main(["audit", str(a), "--out", str(out)]) == 0
+    assert main(["audit", str(a), "--out", str(out), "--details"]) == 0  # the same numbers, one more file: allowed
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main(["audit", str(a), "--out", str(out)]) == 0
+    assert "examples.jsonl" in before
+    assert main(["audit", str(a), "--out", str(out), "--details"]) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "audit.png"} == \
         {k: v for k, v in before.items() if k != "audit.png"}
     capsys.readouterr()

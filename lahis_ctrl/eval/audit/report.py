@@ -178,7 +178,7 @@ def _compare_markdown(comp: dict) -> list[str]:
     dropped = sum(r["dropped_undetermined"] for r in c["rows"] if r["expected"] != "all")
     rule = ("undetermined outputs count as off-target" if c["undetermined_as_off"] else
             f"pairs where either output is undetermined are dropped ({dropped} of {c['n_items']})")
-    lines = [f"## Change in off-target rate: B - A", "",
+    lines = ["## Change in off-target rate: B - A", "",
              f"- A: {comp['a']}", f"- B: {comp['b']}",
              f"- {c['n_items']} items matched by {c['matched_by']}; per item 1 = off-target, 0 = on-target; {rule}; "
              f"change = B - A in percentage points on the kept pairs with its {100 * c['confidence']:g}% interval and "
@@ -383,8 +383,8 @@ def run_audit(input: str | Path, format: str = "auto", text_field: str | None = 
             group_field, by_attr = compare_by, "group"
     settings = {"format": format, "text_field": text_field, "lang_field": lang_field, "expected": expected,
                 "group_field": group_field, "backend": backend, "lid_model": None if lid_model is None else str(lid_model),
-                "min_confidence": min_confidence, "min_chars": min_chars, "top": top, "max_off_target": max_off_target,
-                "undetermined_as_off": undetermined_as_off, "skip_bad": skip_bad, "details": details}
+                "min_confidence": min_confidence, "min_chars": min_chars, "max_off_target": max_off_target,
+                "undetermined_as_off": undetermined_as_off, "skip_bad": skip_bad}  # what decides the numbers
     out_dir = Path(out) if out is not None else default_out_dir(path_a, metric, compare is not None or
                                                                  compare_by is not None, select_a)
     key = _key(metric, input, compare, compare_by, settings)
@@ -455,7 +455,7 @@ def run_lcb_audit(input: str | Path, format: str = "auto", out: str | Path | Non
     audit.png (and examples.jsonl). backend / lid_model: the language ID of both metrics (the LCB reads the same
     fastText model raw, at its own 0.3 threshold; the default is lid.176.ftz)."""
     settings = {"format": format, "backend": backend, "lid_model": None if lid_model is None else str(lid_model),
-                "min_confidence": min_confidence, "min_chars": min_chars, "skip_bad": skip_bad, "details": details}
+                "min_confidence": min_confidence, "min_chars": min_chars, "skip_bad": skip_bad}
     out_dir = Path(out) if out is not None else default_out_dir(Path(input), "lcb")
     key = _key("lcb", input, None, None, settings)
     check_replace(out_dir, key, overwrite)

@@ -237,6 +237,9 @@ GRAMMAR_REFUSED = [
     ("unknown option, with the closest", ["plot", "s", "--top", "3"], "lahis plot has no option --top; did you mean "
                                                                       "--top_heads?"),
     ("a positional given as an option", ["info", "--model", "{m}"], "MODEL is its first argument"),
+    ("an earlier spelling", ["evaluate", "--lang", "de", "--masks", "none"], "has no option --masks: it is --mask now"),
+    ("an earlier spelling (train-mask)", ["train-mask", "--lang", "de", "--heads", "random"],
+     "has no option --heads: it is --pick now"),
     ("append onto a default list", ["score", "--model", "{m}", "--languages+", "fr"],
      "--languages+ appends to a list, here to the default one"),
     ("an option without its value", ["score", "--model", "{m}", "--out"], "--out needs a value"),

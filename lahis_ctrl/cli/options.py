@@ -171,6 +171,9 @@ def _positional(fn: Callable) -> list[str]:
             if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.KEYWORD_ONLY]
 
 
+# options an earlier version spelled otherwise: (command, old name) -> the one spelling now
+RENAMED = {("train-mask", "heads"): "--pick", ("evaluate", "masks"): "--mask", ("plot", "top"): "--top_heads",
+           ("audit", "top"): "--top_wrong", ("reproduce", "force"): "--overwrite"}
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _GOT = re.compile(r"(?:Got value|Given value): (.*?)\s*$", re.M)
 _NOT_CONFORM = re.compile(r"Not of type \w+: (.+?) does not conform")
@@ -203,6 +206,8 @@ def parse_error_line(message: str, commands: dict[str, Callable], argv: list[str
         close = difflib.get_close_matches(bad.split("=")[0], options, n=1)
         if name in positional:
             hint = f": {name.upper()} is its first argument ({where} {name.upper()} ...)"
+        elif (command, name) in RENAMED:
+            hint = f": it is {RENAMED[(command, name)]} now (docs/cli.md: one spelling per concept)"
         else:
             hint = f"; did you mean {close[0]}?" if close else f"; see {where} --help"
         return f"{where} has no option {bad}{hint}" if bad.startswith("-") else \

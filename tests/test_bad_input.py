@@ -234,8 +234,9 @@ GRAMMAR_REFUSED = [
     ("choice in a section", ["reproduce", "--model", "{m}", "--scoring.mode", "quick"],
      "--scoring.mode must be one of fast, faithful, got quick"),
     ("an integer", ["score", "--model", "{m}", "--texts", "many"], "--texts must be an integer > 0 (or null), got many"),
-    ("unknown option, with the closest", ["plot", "s", "--top", "3"], "lahis plot has no option --top; did you mean "
-                                                                      "--top_heads?"),
+    ("unknown option, with the closest", ["score", "--langauges", "en"], "lahis score has no option --langauges; did "
+                                                                          "you mean --languages?"),
+    ("an earlier spelling (plot)", ["plot", "s", "--top", "3"], "lahis plot has no option --top: it is --top_heads now"),
     ("a positional given as an option", ["info", "--model", "{m}"], "MODEL is its first argument"),
     ("an earlier spelling", ["evaluate", "--lang", "de", "--masks", "none"], "has no option --masks: it is --mask now"),
     ("an earlier spelling (train-mask)", ["train-mask", "--lang", "de", "--heads", "random"],

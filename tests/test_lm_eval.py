@@ -159,6 +159,12 @@ def test_heads_scale_matches_the_same_mask_file(task_manager, tiny_dir, local_da
     by_file = _evaluate(task_manager, tiny_dir, local_data, monkeypatch, f",mask={mask}")
     assert _outputs(by_heads) == _outputs(by_file)
     assert by_heads["config"]["lahis_mask"]["changed_heads"] == [[0, 1], [2, 3]]
+    # the results say which mask they measured by its content, whatever file or arguments it came from
+    import hashlib
+
+    values = HeadMask.load(mask).values.numpy().astype("<f4")
+    expected = hashlib.sha256(f"{values.shape[0]}x{values.shape[1]}:".encode() + values.tobytes()).hexdigest()
+    assert by_heads["config"]["lahis_mask"]["sha256"] == by_file["config"]["lahis_mask"]["sha256"] == expected
 
 
 def test_mask_for_another_model_fails_with_the_validate_message(tiny_dir, masks, monkeypatch, capsys):

@@ -242,6 +242,14 @@ class HeadMask:
         """(layer, head) of every head whose scale is not 1."""
         return [tuple(x) for x in (self.values != 1).nonzero().tolist()]
 
+    def digest(self) -> str:
+        """The sha256 of the scales ([layers, heads] float32, little-endian): what a result computed under this mask
+        depends on, whatever file or repo it came from (results record it to say which mask they measured)."""
+        import hashlib
+
+        values = self.values.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4")
+        return hashlib.sha256(f"{values.shape[0]}x{values.shape[1]}:".encode() + values.tobytes()).hexdigest()
+
     # ---------------------------------------------------------------- files
     def facts(self) -> dict[str, Any]:
         return {

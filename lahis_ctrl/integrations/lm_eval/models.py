@@ -219,6 +219,7 @@ class LahisHFLM(HFLM):
             "source": self._mask_source,
             "mode": self.mask_mode,
             "changed_heads": [list(h) for h in mask.changed_heads()],
+            "sha256": mask.digest(),  # the scales themselves: which mask these numbers measured
             **{k: v for k, v in mask.facts().items() if k in ("model_name", "language", "method")},
         }
         return info

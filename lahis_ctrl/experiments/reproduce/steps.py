@@ -203,6 +203,22 @@ def intervention_sets(spec, scores: dict, targets: Sequence[str], source_lang: s
                             for t in targets}}
 
 
+def lazy_intervention_sets(run: _Run, scores: dict, targets: Sequence[str], source_lang: str, heads: Optional[int],
+                           s: ScoringSettings, seed: int, draws: int, step: str) -> Callable[[], dict]:
+    """intervention_sets of one step, computed on first use: a rerun whose units are all done never loads the model
+    (the head counts come from its spec)."""
+    state: dict = {}
+
+    def get() -> dict:
+        if "sets" not in state:
+            spec = run.spec
+            state["sets"] = intervention_sets(spec, scores, targets, source_lang, _one_percent(spec, heads), s, seed,
+                                              draws, step)
+        return state["sets"]
+
+    return get
+
+
 def _masks_of(spec, sets: dict, target: str, scale_up: float, names: Sequence[str]) -> dict:
     """name -> (label, HeadMask or None) for the generated interventions of one target language."""
     from ...core.mask import HeadMask
@@ -306,14 +322,8 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
     require("lm_eval", "eval", "the off-target step of `lahis reproduce`")  # tasks were checked by _check_languages
     results: dict = {}
     state: dict = {}
-    n_draws = max(draws["zero"], draws["scale"])
-
-    def sets() -> dict:
-        if "sets" not in state:
-            spec = run.spec
-            state["sets"] = intervention_sets(spec, scores, o.languages, o.source_lang, _one_percent(spec, o.heads),
-                                              s, seed, n_draws, "off_target")
-        return state["sets"]
+    sets = lazy_intervention_sets(run, scores, o.languages, o.source_lang, o.heads, s, seed,
+                                  max(draws["zero"], draws["scale"]), "off_target")
 
     def manager():
         if "tm" not in state:
@@ -497,16 +507,9 @@ def _lcb_step(run: _Run, c: LcbSettings, s: ScoringSettings, scores: dict, score
     from ...eval.lcb import NEXT_TURN, lcb_completion, lcb_metrics
 
     results: dict = {}
-    state: dict = {}
     names = ["none", "zero_source", "scale_target", "scale_placebo"] + [f"scale_random_{i}"
                                                                          for i in range(1, draws + 1)]
-
-    def sets() -> dict:
-        if "sets" not in state:
-            spec = run.spec
-            state["sets"] = intervention_sets(spec, scores, c.languages, c.source_lang, _one_percent(spec, c.heads),
-                                              s, seed, draws, "lcb")
-        return state["sets"]
+    sets = lazy_intervention_sets(run, scores, c.languages, c.source_lang, c.heads, s, seed, draws, "lcb")
 
     for lang in c.languages:
         rows = load_lcb(c.task, lang, data, sources=c.sources)

@@ -149,3 +149,40 @@ def test_audit_charts_are_in_percent_and_name_a_and_b(tmp_path, saved):
     assert "One bar: the share of a row's n outputs" in _texts(audit_fig)
     text = _texts(compare_fig)
     assert "A = mask = none in" in text and "B = mask = lahis in" in text and "One point: the change" in text
+
+
+def test_findings_show_each_claims_side_the_papers_value_and_full_claims(tmp_path, saved):
+    """The committed Gemma report's findings: every claim written out in full beside its row, the side of the null
+    the claim predicts shaded, the paper's value marked where the claim has one, the legend beside the axes."""
+    from pathlib import Path
+
+    from lahis_ctrl.eval.plots import plot_findings
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "docs" / "reproduce" / "gemma-3-270m"
+                          / "results.json").read_text())
+    found = [f for f in results["findings"] if f.get("effect") is not None]
+    plot_findings(found, tmp_path / "findings.png")
+    (fig,) = saved
+    assert "green holds, red does not hold, grey inconclusive" in _texts(fig)
+    rows = []
+    for ax in fig.axes:
+        labels = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+        shaded = [p.get_paths()[0].vertices[:, 0] for p in ax.collections]
+        assert len(shaded) == len(labels)
+        papers = [line for line in ax.get_lines() if line.get_marker() == "D"]
+        assert (ax.get_legend() is not None) == bool(papers)
+        if papers:
+            assert _legend_beside(ax) and "the paper's value" in _texts(fig)
+        rows += [(label, xs, ax, papers) for label, xs in zip(labels, shaded)]
+    assert len(rows) == len(found)
+    by_label = {label: (xs, ax, papers) for label, xs, ax, papers in rows}
+    for f in found:
+        xs, ax, papers = by_label[f"{f['claim']} [{f['reading']}]"]  # the claim in full, never shortened
+        null = f.get("null_value") or 0.0
+        if f["direction"] > 0:
+            assert xs.min() == pytest.approx(null) and xs.max() > null
+        else:
+            assert xs.max() == pytest.approx(null) and xs.min() < null
+        if f.get("paper_effect") is not None:
+            assert any(line.get_xdata()[0] == f["paper_effect"] for line in papers)
+    assert any(f.get("paper_effect") is not None for f in found)

@@ -288,7 +288,7 @@ def plot_findings(found, path) -> Path:
         ax.set_yticks(range(len(fs)), [labels[id(f)] for f in fs], fontsize="x-small")
         ax.set_xlabel(f"effect ({unit}); shaded: the side the claim predicts", fontsize="small")
         if any(f.get("paper_effect") is not None for f in fs):
-            ax.legend(fontsize="x-small", loc="lower right")
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside: never over a bar
     fig.suptitle("findings: green holds, red does not hold, grey inconclusive; thick bar 95% CI, thin bar the "
                  "family-level CI the verdict reads", fontsize="small")
     return _save(fig, path)

@@ -83,19 +83,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:  # the folder takes no new file (read-only, /proc, full): name the user's file
         raise _cannot_create(exc, user) from exc
     try:
-        try:
+        with _naming_user_path(tmp_path, user):
             yield tmp_path
             if tmp_path.exists():
                 os.chmod(tmp_path, _new_file_mode(path))
             os.replace(tmp_path, path)
-        except OSError as exc:
-            error = _user_path_error(exc, tmp_path, user)
-            if error is exc:
-                raise
-            raise error from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming_user_path(tmp: Path, user: Path) -> Iterator[None]:
+    """An OS error about the temporary file or folder `tmp` is raised again naming the user's path instead."""
+    try:
+        yield
+    except OSError as exc:
+        error = _user_path_error(exc, tmp, user)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 @contextlib.contextmanager
@@ -113,7 +120,7 @@ def replace_together(folder: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise _cannot_create(exc, user) from exc
     try:
-        try:
+        with _naming_user_path(tmp, user):
             yield tmp
             written = sorted(p for p in tmp.rglob("*") if p.is_file())
             folder.mkdir(parents=True, exist_ok=True)
@@ -123,11 +130,6 @@ def replace_together(folder: str | os.PathLike) -> Iterator[Path]:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(src, _new_file_mode(dest))
                 os.replace(src, dest)
-        except OSError as exc:
-            error = _user_path_error(exc, tmp, user)
-            if error is exc:
-                raise
-            raise error from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -207,14 +208,10 @@ def lazy_intervention_sets(run: _Run, scores: dict, targets: Sequence[str], sour
                            s: ScoringSettings, seed: int, draws: int, step: str) -> Callable[[], dict]:
     """intervention_sets of one step, computed on first use: a rerun whose units are all done never loads the model
     (the head counts come from its spec)."""
-    state: dict = {}
-
+    @functools.cache
     def get() -> dict:
-        if "sets" not in state:
-            spec = run.spec
-            state["sets"] = intervention_sets(spec, scores, targets, source_lang, _one_percent(spec, heads), s, seed,
-                                              draws, step)
-        return state["sets"]
+        spec = run.spec
+        return intervention_sets(spec, scores, targets, source_lang, _one_percent(spec, heads), s, seed, draws, step)
 
     return get
 
@@ -321,14 +318,12 @@ def _off_target_step(run: _Run, o: OffTargetSettings, s: ScoringSettings, scores
 
     require("lm_eval", "eval", "the off-target step of `lahis reproduce`")  # tasks were checked by _check_languages
     results: dict = {}
-    state: dict = {}
     sets = lazy_intervention_sets(run, scores, o.languages, o.source_lang, o.heads, s, seed,
                                   max(draws["zero"], draws["scale"]), "off_target")
 
+    @functools.cache
     def manager():
-        if "tm" not in state:
-            state["tm"] = _task_manager(data)
-        return state["tm"]
+        return _task_manager(data)
 
     generated = ["none", "zero_source", "scale_target"] + [f"zero_random_{i}" for i in
                                                            range(1, min(o.generate_draws, draws["zero"]) + 1)]
@@ -379,13 +374,10 @@ def _proxy_steps(run: _Run, o: OffTargetSettings, scores_fp: str, seed: int, dat
     out: dict = {}
     for family in o.tasks:
         task = f"{family}_{target}"
-        docs_state: dict = {}
-
-        def docs() -> tuple:
-            if "docs" not in docs_state:
-                docs_state["docs"] = proxy_documents(manager(), task, min(x for x in (o.limit, o.proxy_limit) if x)
-                                                     if (o.limit or o.proxy_limit) else None)
-            return docs_state["docs"]
+        @functools.cache
+        def docs(task=task) -> tuple:
+            return proxy_documents(manager(), task, min(x for x in (o.limit, o.proxy_limit) if x)
+                                   if (o.limit or o.proxy_limit) else None)
 
         def measure(names: Sequence[str]) -> dict:
             masks = _masks_of(run.spec, sets(), target, o.scale_up, names)
@@ -446,14 +438,11 @@ def _transfer_step(run: _Run, tr: TransferSettings, s: ScoringSettings, scores: 
 
     results = {}
     for l1, l2 in tr.pairs:  # checked by _check_languages
-        state: dict = {}
-
-        def interventions() -> dict:
-            if "all" not in state:
-                spec = run.spec
-                state["all"] = transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up,
-                                                      s, seed, draws, tr.pairs)
-            return state["all"]
+        @functools.cache
+        def interventions(l1=l1, l2=l2) -> dict:
+            spec = run.spec
+            return transfer_interventions(spec, scores, l1, l2, _one_percent(spec, tr.heads), tr.scale_up, s, seed,
+                                          draws, tr.pairs)
 
         def probe(names: Sequence[str], generate: bool, l1=l1, l2=l2) -> dict:
             chosen = {name: interventions()[name] for name in names}
